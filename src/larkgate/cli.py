@@ -1,0 +1,153 @@
+"""``larkgate``: serve, demo, doctor and the admin commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from collections.abc import Sequence
+
+from . import __version__
+from .config import ConfigError, Settings, describe_settings, load_settings
+from .logs import setup_logging
+
+
+def _settings_epilog() -> str:
+    lines = ["settings (environment variables; LARKGATE_CONFIG names an optional TOML file):"]
+    for env, default, help_text in describe_settings():
+        shown = f" [default: {default}]" if default not in ("", "None", "[]") else ""
+        lines.append(f"  {env}\n      {help_text}{shown}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="larkgate",
+        description="One MCP endpoint for a whole team: one lark-mcp process per Feishu user.",
+        epilog=_settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"larkgate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway against Feishu/Lark with settings from the environment",
+        epilog=_settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the gateway with the bundled Feishu emulator on loopback (no Feishu app needed)",
+        description=textwrap.dedent(
+            """\
+            Starts the Feishu emulator and the gateway on 127.0.0.1. Connect an MCP client to
+            http://127.0.0.1:PORT/mcp or /sse, open the login link it shows, and pick a demo
+            user. State goes to LARKGATE_DATA_DIR (default ./.larkgate/demo)."""
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    demo.add_argument("--emulator-port", type=int, default=0, help="emulator port (default any)")
+    demo.set_defaults(run=_demo)
+
+    doctor = commands.add_parser(
+        "doctor", help="check Node.js, lark-mcp, the data directory, the key and the URLs"
+    )
+    doctor.set_defaults(run=_doctor)
+
+    settings_cmd = commands.add_parser("settings", help="print every setting with its help")
+    settings_cmd.set_defaults(run=_print_settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        print(f"larkgate: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    settings.require_for_serving()
+    from .doctor import require_runnable
+
+    require_runnable(settings)
+    return _run(settings)
+
+
+def _run(settings: Settings) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    setup_logging(settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.stop_grace) + 5,
+        server_header=False,
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .emulator import EmulatorConfig, RunningEmulator
+
+    emulator_config = EmulatorConfig()
+    os.environ.setdefault("LARKGATE_DATA_DIR", "./.larkgate/demo")
+    with RunningEmulator(emulator_config, port=args.emulator_port) as emulator:
+        settings = load_settings(
+            app_id=emulator_config.app_id,
+            app_secret=emulator_config.app_secret,
+            open_base_url=emulator.url,
+            accounts_base_url=emulator.url,
+            public_url=f"http://127.0.0.1:{args.port}",
+            host="127.0.0.1",
+            port=args.port,
+        )
+        from .doctor import require_runnable
+
+        require_runnable(settings)
+        names = ", ".join(u.name for u in emulator_config.users)
+        print(
+            textwrap.dedent(
+                f"""\
+                LarkGate demo
+                  gateway   http://127.0.0.1:{args.port}  (MCP: /mcp or /sse)
+                  emulator  {emulator.url}  (stands in for Feishu; users: {names})
+                  data      {settings.data_dir}
+                Try:  curl http://127.0.0.1:{args.port}/tools
+                Connect an MCP client to http://127.0.0.1:{args.port}/mcp, call a tool, open the
+                login link it answers with, and pick a demo user. Ctrl-C stops everything."""
+            ),
+            flush=True,
+        )
+        return _run(settings)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_checks
+
+    settings = load_settings()
+    return run_checks(settings)
+
+
+def _print_settings(args: argparse.Namespace) -> int:
+    print(_settings_epilog())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

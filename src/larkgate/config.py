@@ -1,0 +1,234 @@
+"""One settings object for the whole gateway: environment variables plus an optional TOML file.
+
+Every setting carries a one-line help; `larkgate settings` and the README print them.
+Environment variables are the field names upper-cased with the ``LARKGATE_`` prefix.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "LARKGATE_"
+CONFIG_FILE_ENV = "LARKGATE_CONFIG"
+LARK_MCP_VERSION = "0.5.1"
+
+_BRAND_HOSTS = {
+    "feishu": ("https://open.feishu.cn", "https://accounts.feishu.cn"),
+    "lark": ("https://open.larksuite.com", "https://accounts.larksuite.com"),
+}
+
+
+class Brand(StrEnum):
+    FEISHU = "feishu"
+    LARK = "lark"
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the setting."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=False
+    )
+
+    # Feishu app
+    app_id: str = Field("", description="Feishu/Lark app id (cli_...) used for OAuth and children")
+    app_secret: SecretStr = Field(SecretStr(""), description="Feishu/Lark app secret")
+    brand: Brand = Field(Brand.FEISHU, description="feishu or lark: picks the default hosts")
+    open_base_url: str = Field(
+        "", description="OpenAPI base URL; empty means the brand's (https://open.feishu.cn)"
+    )
+    accounts_base_url: str = Field(
+        "", description="Login base URL; empty means the brand's (https://accounts.feishu.cn)"
+    )
+    token_url: str = Field(
+        "",
+        description="OAuth token URL; empty means <open_base_url>/open-apis/authen/v2/oauth/token",
+    )
+    scopes: list[str] = Field(
+        default_factory=list,
+        description="OAuth scopes to ask for; offline_access is always added",
+    )
+
+    # Where the gateway is
+    public_url: str = Field(
+        "", description="Public base URL clients and Feishu see, e.g. https://gate.example.com"
+    )
+    host: str = Field("127.0.0.1", description="Address the gateway listens on")
+    port: int = Field(8080, ge=0, le=65535, description="Port the gateway listens on")
+    data_dir: Path = Field(
+        Path("./data"), description="Directory for the store, keys and per-user child homes"
+    )
+    encryption_key: SecretStr = Field(
+        SecretStr(""),
+        description="Base64 of 32 bytes sealing tokens; empty means <data_dir>/secret.key (0600)",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser Origins allowed on /mcp and /sse besides the public URL and loopback",
+    )
+
+    # lark-mcp children
+    node_path: str = Field("node", description="Node.js executable that runs lark-mcp")
+    lark_mcp_cli: Path | None = Field(
+        None, description="Path to lark-mcp's dist/cli.js; empty means ./node_modules's copy"
+    )
+    lark_tools: str = Field(
+        "preset.default", description="lark-mcp -t: a preset or comma-separated tool names"
+    )
+    lark_language: str = Field("en", description="lark-mcp -l: en or zh")
+    lark_tool_name_case: str = Field("snake", description="lark-mcp -c: snake, camel, kebab, dot")
+    child_heap_mb: int = Field(256, ge=64, description="V8 old-space cap for each child, in MiB")
+    child_v8_flags: list[str] = Field(
+        default_factory=list,
+        description="Extra V8 flags put on each child's node command line",
+    )
+    max_instances: int = Field(20, ge=1, description="Most user children running at once")
+    warm_spares: int = Field(1, ge=0, description="Started children kept ready for newcomers")
+    idle_timeout: float = Field(
+        1800.0, gt=0, description="Seconds a user child may sit idle before it is stopped"
+    )
+    stop_grace: float = Field(5.0, gt=0, description="Seconds between SIGTERM and SIGKILL")
+    start_timeout: float = Field(30.0, gt=0, description="Seconds a child may take to get ready")
+    health_interval: float = Field(10.0, gt=0, description="Seconds between child health probes")
+    restart_limit: int = Field(
+        5, ge=1, description="Crashes within restart_window before a child is marked failed"
+    )
+    restart_window: float = Field(300.0, gt=0, description="Window for restart_limit, seconds")
+    restart_backoff: float = Field(0.5, ge=0, description="First restart delay; doubles per crash")
+    child_timeout: float = Field(120.0, gt=0, description="Seconds a child may take to answer")
+    busy_retry_after: int = Field(5, ge=1, description="Retry-After seconds when at the cap")
+
+    # Sessions and limits
+    max_body_bytes: int = Field(102_400, ge=1024, description="Largest accepted request body")
+    session_idle_timeout: float = Field(
+        3600.0, gt=0, description="Seconds before an unused MCP session is forgotten"
+    )
+    keepalive_interval: float = Field(
+        15.0, gt=0, description="Seconds between keep-alive comments on idle event streams"
+    )
+    login_state_ttl: float = Field(600.0, gt=0, description="Seconds a login link stays valid")
+    refresh_margin: float = Field(
+        300.0, ge=0, description="Refresh an access token this many seconds before it expires"
+    )
+    feishu_timeout: float = Field(15.0, gt=0, description="Seconds for one call to Feishu")
+    reap_interval: float = Field(30.0, gt=0, description="Seconds between idle sweeps")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get(CONFIG_FILE_ENV)
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+    @field_validator("public_url", "open_base_url", "accounts_base_url", "token_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("lark_language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        if value not in ("en", "zh"):
+            raise ValueError("must be en or zh")
+        return value
+
+    @field_validator("lark_tool_name_case")
+    @classmethod
+    def _case(cls, value: str) -> str:
+        if value not in ("snake", "camel", "kebab", "dot"):
+            raise ValueError("must be snake, camel, kebab or dot")
+        return value
+
+    @model_validator(mode="after")
+    def _brand_defaults(self) -> Settings:
+        open_base, accounts_base = _BRAND_HOSTS[self.brand.value]
+        if not self.open_base_url:
+            self.open_base_url = open_base
+        if not self.accounts_base_url:
+            self.accounts_base_url = accounts_base
+        if not self.token_url:
+            self.token_url = f"{self.open_base_url}/open-apis/authen/v2/oauth/token"
+        return self
+
+    # Derived values, computed once from the settings above.
+
+    @property
+    def redirect_uri(self) -> str:
+        """The one redirect_uri sent in both the authorize and the token call."""
+        return f"{self.public_url}/oauth/callback"
+
+    @property
+    def authorize_url(self) -> str:
+        return f"{self.accounts_base_url}/open-apis/authen/v1/authorize"
+
+    @property
+    def oauth_scopes(self) -> list[str]:
+        scopes = [s for s in self.scopes if s and s != "offline_access"]
+        return [*dict.fromkeys(scopes), "offline_access"]
+
+    @property
+    def lark_mcp_cli_path(self) -> Path:
+        if self.lark_mcp_cli is not None:
+            return self.lark_mcp_cli
+        return Path.cwd() / "node_modules/@larksuiteoapi/lark-mcp/dist/cli.js"
+
+    def require_for_serving(self) -> None:
+        """Refuse to serve half-configured: raise ConfigError naming the first missing setting."""
+        for name in ("app_id", "app_secret", "public_url"):
+            value = getattr(self, name)
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if not text:
+                raise ConfigError(f"setting {ENV_PREFIX}{name.upper()} is required: {_help(name)}")
+
+
+def _help(name: str) -> str:
+    return Settings.model_fields[name].description or ""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; turn pydantic's report into one line naming the setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(
+            f"setting {ENV_PREFIX}{name.upper()} is invalid: {first['msg']}"
+        ) from None
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(environment variable, default, help) for every setting, for --help and the README."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default if field.default_factory is None else field.default_factory()  # type: ignore[call-arg]
+        if isinstance(default, SecretStr):
+            default = ""
+        rows.append((f"{ENV_PREFIX}{name.upper()}", str(default), field.description or ""))
+    return rows

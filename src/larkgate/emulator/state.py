@@ -1,0 +1,93 @@
+"""Everything one emulator remembers, in one object tests can reach in-process."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass
+
+from .apptokens import AppTokens
+from .bitable import BitableStore
+from .clock import Clock
+from .config import EmulatorConfig
+from .faults import FaultPlan, RateLimiter
+from .grants import GrantBook
+from .recording import CallLog
+
+
+@dataclass(frozen=True)
+class ScopeRequirement:
+    path_prefix: str
+    scope: str
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    message_id: str
+    sender_open_id: str | None
+    receive_id_type: str
+    receive_id: str
+    msg_type: str
+    content: str
+
+
+class EmulatorState:
+    def __init__(self, config: EmulatorConfig) -> None:
+        _check_limits(config.rate_limit_per_second, config.rate_limit_per_minute)
+        # A private copy: runtime changes through /_emulator/config must not leak into the
+        # caller's object, which may configure the next emulator too.
+        self.config = dataclasses.replace(config, users=list(config.users))
+        self.clock = Clock()
+        self.grants = GrantBook(self.config, self.clock)
+        self.app_tokens = AppTokens(self.config, self.clock)
+        self.calls = CallLog()
+        self.faults = FaultPlan()
+        self.rate_limiter = RateLimiter(self.config, self.clock)
+        self.bitable = BitableStore()
+        self._lock = threading.Lock()
+        self._scope_requirements: list[ScopeRequirement] = []
+        self._messages: list[SentMessage] = []
+
+    def require_scope(self, path_prefix: str, scope: str) -> None:
+        with self._lock:
+            self._scope_requirements.append(ScopeRequirement(path_prefix, scope))
+
+    def clear_scope_requirements(self) -> None:
+        with self._lock:
+            self._scope_requirements.clear()
+
+    def scopes_required_for(self, path: str) -> list[str]:
+        with self._lock:
+            return [r.scope for r in self._scope_requirements if path.startswith(r.path_prefix)]
+
+    def record_message(self, message: SentMessage) -> None:
+        with self._lock:
+            self._messages.append(message)
+
+    @property
+    def messages(self) -> list[SentMessage]:
+        with self._lock:
+            return list(self._messages)
+
+    def set_rate_limits(self, per_second: int | None, per_minute: int | None) -> None:
+        _check_limits(per_second, per_minute)
+        self.config.rate_limit_per_second = per_second
+        self.config.rate_limit_per_minute = per_minute
+        self.rate_limiter.reset()
+
+    def reset(self) -> None:
+        """Forget every token, call, fault and requirement; keep config and clock."""
+        self.grants.reset()
+        self.app_tokens.reset()
+        self.calls.clear()
+        self.faults.clear()
+        self.rate_limiter.reset()
+        self.bitable.reset()
+        with self._lock:
+            self._scope_requirements.clear()
+            self._messages.clear()
+
+
+def _check_limits(*limits: int | None) -> None:
+    if any(limit is not None and limit < 1 for limit in limits):
+        raise ValueError("a rate limit must be a positive number of calls, or None for none")

@@ -1,0 +1,223 @@
+"""Starts and stops one lark-mcp child process.
+
+A child is the real ``dist/cli.js`` run by ``node`` in streamable mode on a loopback port, with
+an environment built from nothing, its own HOME and working directory, and its own process
+group so that a stop reaches every process it made. The user's token is never in its argv or
+environment: the gateway sends it as the Bearer header of each request.
+
+This module is the seam where a cluster scheduler replaces local processes: the pool only uses
+``Spawner.start`` and the ``Child`` handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from ..config import Settings
+from .childlog import ChildLog
+
+log = logging.getLogger(__name__)
+
+# lark-mcp rejects every Bearer token it did not mint itself unless some user token is set;
+# this placeholder is never sent to Feishu because each request carries the real one.
+TOKEN_PLACEHOLDER = "larkgate-per-request"  # noqa: S105 (not a secret)
+PING = b'{"jsonrpc":"2.0","id":"larkgate-probe","method":"ping"}'
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+class StartFailed(Exception):
+    """A child did not become ready; the message says why, without secrets."""
+
+
+@dataclass(eq=False)
+class Child:
+    """A running lark-mcp process and what the pool knows about it."""
+
+    child_id: str
+    process: asyncio.subprocess.Process
+    port: int
+    home: Path
+    log: ChildLog
+    started_at: float = field(default_factory=time.monotonic)
+    user_id: str | None = None
+    in_flight: int = 0
+    open_streams: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    drains: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight == 0 and self.open_streams == 0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Spawner:
+    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+        self._settings = settings
+        self._http = http
+        self._children_dir = settings.data_dir / "children"
+
+    def command(self, port: int) -> list[str]:
+        s = self._settings
+        return [
+            s.node_path,
+            *s.child_v8_flags,
+            str(s.lark_mcp_cli_path),
+            "mcp",
+            "-d",
+            s.open_base_url,
+            "-m",
+            "streamable",
+            "--host",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--token-mode",
+            "user_access_token",
+            "-t",
+            s.lark_tools,
+            "-l",
+            s.lark_language,
+            "-c",
+            s.lark_tool_name_case,
+        ]
+
+    def environment(self, home: Path) -> dict[str, str]:
+        s = self._settings
+        return {
+            "PATH": os.defpath,
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            "NODE_ENV": "production",
+            "NODE_OPTIONS": f"--max-old-space-size={s.child_heap_mb}",
+            "APP_ID": s.app_id,
+            "APP_SECRET": s.app_secret.get_secret_value(),
+            "USER_ACCESS_TOKEN": TOKEN_PLACEHOLDER,
+        }
+
+    async def start(self, log_path: Path) -> Child:
+        """Spawn a child and wait until it answers a ping; raise StartFailed otherwise."""
+        child_id = secrets.token_hex(6)
+        home = self._children_dir / child_id
+        home.mkdir(parents=True, mode=0o700)
+        port = free_port()
+        child_log = ChildLog(log_path)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.command(port),
+                cwd=home,
+                env=self.environment(home),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            shutil.rmtree(home, ignore_errors=True)
+            raise StartFailed(f"cannot run {self._settings.node_path}: {exc.strerror}") from None
+
+        child = Child(child_id=child_id, process=process, port=port, home=home, log=child_log)
+        assert process.stdout is not None and process.stderr is not None
+        child.drains = [
+            asyncio.create_task(child_log.drain(process.stdout)),
+            asyncio.create_task(child_log.drain(process.stderr)),
+        ]
+        try:
+            await self._wait_ready(child)
+        except StartFailed:
+            await self.stop(child)
+            raise
+        log.info("child %s started pid=%d port=%d", child_id, process.pid, port)
+        return child
+
+    async def _wait_ready(self, child: Child) -> None:
+        deadline = time.monotonic() + self._settings.start_timeout
+        while time.monotonic() < deadline:
+            if not child.alive:
+                raise StartFailed(
+                    f"lark-mcp exited with code {child.process.returncode} while starting; "
+                    f"see {child.log.path.name}"
+                )
+            if await self.probe(child, timeout=1.0):
+                return
+            await asyncio.sleep(0.05)
+        raise StartFailed(f"lark-mcp was not ready within {self._settings.start_timeout:g}s")
+
+    async def probe(self, child: Child, timeout: float) -> bool:
+        """True when the child answers an MCP ping."""
+        try:
+            response = await self._http.post(
+                child.url, content=PING, headers=MCP_HEADERS, timeout=timeout
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def stop(self, child: Child) -> None:
+        """SIGTERM the child's process group, SIGKILL after the grace period, free its files."""
+        if child.alive:
+            _signal_group(child.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(child.process.wait(), self._settings.stop_grace)
+            except TimeoutError:
+                _signal_group(child.pid, signal.SIGKILL)
+                await child.process.wait()
+        else:
+            # The leader is gone; anything it left in its group goes too.
+            _signal_group(child.pid, signal.SIGKILL)
+        for task in child.drains:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 1.0)
+        child.log.close()
+        shutil.rmtree(child.home, ignore_errors=True)
+        log.info("child %s stopped pid=%d", child.child_id, child.pid)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def kill_group(pid: int) -> None:
+    _signal_group(pid, signal.SIGKILL)
+
+
+def stop_orphan(pid: int, node_marker: str) -> bool:
+    """Kill a child a previous gateway run left behind, if that pid is still a lark-mcp."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if not any(node_marker.encode() in part for part in cmdline):
+        return False
+    _signal_group(pid, signal.SIGKILL)
+    return True

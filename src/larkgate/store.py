@@ -1,0 +1,355 @@
+"""The embedded store: users, sealed tokens, MCP sessions, login states and child processes.
+
+SQLite in WAL mode with ``synchronous=FULL``: every write is one transaction, so a crash
+leaves either the old or the new record. Session ids and login states are bearer secrets and
+are kept only as SHA-256 digests. Calls are short and synchronous; the gateway makes a few per
+request, far below what the hop to a child costs.
+
+This class is the seam where a shared database replaces SQLite when LarkGate runs on several
+machines: callers see only the methods below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .crypto import Sealer
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    union_id TEXT NOT NULL DEFAULT '',
+    tenant_key TEXT NOT NULL DEFAULT '',
+    name TEXT NOT NULL DEFAULT '',
+    tokens BLOB,
+    token_version INTEGER NOT NULL DEFAULT 0,
+    needs_login TEXT,
+    created_at REAL NOT NULL,
+    last_seen_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    digest TEXT PRIMARY KEY,
+    transport TEXT NOT NULL,
+    user_id TEXT REFERENCES users(user_id) ON DELETE SET NULL,
+    created_at REAL NOT NULL,
+    last_seen_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS login_states (
+    digest TEXT PRIMARY KEY,
+    session_digest TEXT NOT NULL,
+    verifier BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS children (
+    pid INTEGER PRIMARY KEY,
+    port INTEGER NOT NULL,
+    user_id TEXT,
+    started_at REAL NOT NULL
+);
+"""
+
+CANARY_KEY = "key_canary"
+CANARY_OWNER = "larkgate:canary"
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A user's Feishu tokens; times are local epoch seconds when each one stops working."""
+
+    access_token: str
+    access_expires_at: float
+    refresh_token: str = ""
+    refresh_expires_at: float = 0.0
+    scope: str = ""
+    authorized_at: float = 0.0
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Tokens:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    user_id: str
+    union_id: str
+    tenant_key: str
+    name: str
+    token_version: int
+    needs_login: str | None
+    created_at: float
+    last_seen_at: float
+    has_tokens: bool
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    digest: str
+    transport: str
+    user_id: str | None
+    created_at: float
+    last_seen_at: float
+
+
+class Store:
+    def __init__(self, path: Path, sealer: Sealer) -> None:
+        self.path = path
+        self._sealer = sealer
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cur = self._db.execute(sql, args)
+            cur.row_factory = sqlite3.Row
+            return list(cur.fetchall())
+
+    # -- key check -------------------------------------------------------------------------
+
+    def check_key(self) -> bool:
+        """True when the store was sealed with a key the sealer knows (or is new)."""
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (CANARY_KEY,))
+        if not rows:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES (?, ?)",
+                    (CANARY_KEY, self._sealer.seal(b"ok", CANARY_OWNER)),
+                )
+            return True
+        try:
+            self._sealer.open_sealed(rows[0]["value"], CANARY_OWNER)
+        except Exception:
+            return False
+        return True
+
+    # -- users and tokens ------------------------------------------------------------------
+
+    def upsert_user(
+        self, user_id: str, *, union_id: str, tenant_key: str, name: str, tokens: Tokens
+    ) -> None:
+        now = time.time()
+        sealed = self._sealer.seal(tokens.to_json(), user_id)
+        with self._tx() as db:
+            db.execute(
+                """INSERT INTO users (user_id, union_id, tenant_key, name, tokens, token_version,
+                       needs_login, created_at, last_seen_at)
+                   VALUES (?, ?, ?, ?, ?, 1, NULL, ?, ?)
+                   ON CONFLICT(user_id) DO UPDATE SET union_id=excluded.union_id,
+                       tenant_key=excluded.tenant_key, name=excluded.name, tokens=excluded.tokens,
+                       token_version=users.token_version + 1, needs_login=NULL,
+                       last_seen_at=excluded.last_seen_at""",
+                (user_id, union_id, tenant_key, name, sealed, now, now),
+            )
+
+    def load_tokens(self, user_id: str) -> tuple[Tokens, int] | None:
+        rows = self._query("SELECT tokens, token_version FROM users WHERE user_id = ?", (user_id,))
+        if not rows or rows[0]["tokens"] is None:
+            return None
+        raw = self._sealer.open_sealed(rows[0]["tokens"], user_id)
+        return Tokens.from_json(raw), int(rows[0]["token_version"])
+
+    def replace_tokens(self, user_id: str, tokens: Tokens, expected_version: int) -> bool:
+        """Compare-and-swap: store new tokens only if nobody else replaced them since."""
+        sealed = self._sealer.seal(tokens.to_json(), user_id)
+        with self._tx() as db:
+            cur = db.execute(
+                """UPDATE users SET tokens = ?, token_version = token_version + 1,
+                       needs_login = NULL WHERE user_id = ? AND token_version = ?""",
+                (sealed, user_id, expected_version),
+            )
+            return cur.rowcount == 1
+
+    def mark_needs_login(self, user_id: str, reason: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE users SET needs_login = ? WHERE user_id = ?", (reason, user_id))
+
+    def logout_user(self, user_id: str, reason: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                """UPDATE users SET tokens = NULL, token_version = token_version + 1,
+                       needs_login = ? WHERE user_id = ?""",
+                (reason, user_id),
+            )
+            db.execute("UPDATE sessions SET user_id = NULL WHERE user_id = ?", (user_id,))
+
+    def touch_user(self, user_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE users SET last_seen_at = ? WHERE user_id = ?", (time.time(), user_id)
+            )
+
+    def get_user(self, user_id: str) -> UserRecord | None:
+        rows = self._query(
+            """SELECT user_id, union_id, tenant_key, name, token_version, needs_login,
+                      created_at, last_seen_at, tokens IS NOT NULL AS has_tokens
+               FROM users WHERE user_id = ?""",
+            (user_id,),
+        )
+        return _user(rows[0]) if rows else None
+
+    def list_users(self) -> list[UserRecord]:
+        rows = self._query(
+            """SELECT user_id, union_id, tenant_key, name, token_version, needs_login,
+                      created_at, last_seen_at, tokens IS NOT NULL AS has_tokens
+               FROM users ORDER BY last_seen_at DESC"""
+        )
+        return [_user(r) for r in rows]
+
+    def raw_user_row(self, user_id: str) -> tuple[Any, ...] | None:
+        """The stored row as bytes and values, for checks that a record did not change."""
+        rows = self._query("SELECT * FROM users WHERE user_id = ?", (user_id,))
+        return tuple(rows[0]) if rows else None
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def create_session(self, session_id: str, transport: str, user_id: str | None) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
+                (digest(session_id), transport, user_id, now, now),
+            )
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        rows = self._query("SELECT * FROM sessions WHERE digest = ?", (digest(session_id),))
+        return _session(rows[0]) if rows else None
+
+    def bind_session(self, session_digest: str, user_id: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE sessions SET user_id = ?, last_seen_at = ? WHERE digest = ?",
+                (user_id, time.time(), session_digest),
+            )
+            return cur.rowcount == 1
+
+    def touch_session(self, session_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE sessions SET last_seen_at = ? WHERE digest = ?",
+                (time.time(), digest(session_id)),
+            )
+
+    def end_session(self, session_id: str) -> bool:
+        return self.end_session_digest(digest(session_id))
+
+    def end_session_digest(self, session_digest: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM sessions WHERE digest = ?", (session_digest,))
+            return cur.rowcount == 1
+
+    def end_idle_sessions(self, older_than: float) -> int:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM sessions WHERE last_seen_at < ?", (older_than,))
+            return cur.rowcount
+
+    def list_sessions(self) -> list[SessionRecord]:
+        rows = self._query("SELECT * FROM sessions ORDER BY last_seen_at DESC")
+        return [_session(r) for r in rows]
+
+    # -- login states ----------------------------------------------------------------------
+
+    def put_login_state(
+        self, state: str, session_id: str, verifier: str, expires_at: float
+    ) -> None:
+        state_digest = digest(state)
+        sealed = self._sealer.seal(verifier.encode(), state_digest)
+        with self._tx() as db:
+            db.execute("DELETE FROM login_states WHERE expires_at < ?", (time.time(),))
+            db.execute(
+                "INSERT INTO login_states VALUES (?, ?, ?, ?)",
+                (state_digest, digest(session_id), sealed, expires_at),
+            )
+
+    def take_login_state(self, state: str) -> tuple[str, str] | None:
+        """Consume a login state once: (session digest, PKCE verifier), or None."""
+        state_digest = digest(state)
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM login_states WHERE digest = ? RETURNING session_digest, verifier, "
+                "expires_at",
+                (state_digest,),
+            )
+            row = cur.fetchone()
+        if row is None or row[2] < time.time():
+            return None
+        verifier = self._sealer.open_sealed(row[1], state_digest).decode()
+        return str(row[0]), verifier
+
+    # -- child processes (so a restarted gateway can stop the ones a killed run left) ------
+
+    def record_child(self, pid: int, port: int, user_id: str | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO children VALUES (?, ?, ?, ?)",
+                (pid, port, user_id, time.time()),
+            )
+
+    def forget_child(self, pid: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM children WHERE pid = ?", (pid,))
+
+    def list_children(self) -> list[tuple[int, int, str | None]]:
+        rows = self._query("SELECT pid, port, user_id FROM children")
+        return [(int(r["pid"]), int(r["port"]), r["user_id"]) for r in rows]
+
+
+def _user(row: sqlite3.Row) -> UserRecord:
+    return UserRecord(
+        user_id=row["user_id"],
+        union_id=row["union_id"],
+        tenant_key=row["tenant_key"],
+        name=row["name"],
+        token_version=int(row["token_version"]),
+        needs_login=row["needs_login"],
+        created_at=float(row["created_at"]),
+        last_seen_at=float(row["last_seen_at"]),
+        has_tokens=bool(row["has_tokens"]),
+    )
+
+
+def _session(row: sqlite3.Row) -> SessionRecord:
+    return SessionRecord(
+        digest=row["digest"],
+        transport=row["transport"],
+        user_id=row["user_id"],
+        created_at=float(row["created_at"]),
+        last_seen_at=float(row["last_seen_at"]),
+    )

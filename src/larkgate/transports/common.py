@@ -1,0 +1,68 @@
+"""Checks shared by both transports: Origin, body size and JSON parsing."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .. import errors
+from ..config import Settings
+
+
+class Rejected(Exception):
+    """A request refused before it reached the router, with its HTTP answer."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def http_error(status: int, code: str, message: str, **headers: str) -> Response:
+    body = errors.rpc_error(None, errors.INVALID_REQUEST, message, code)
+    return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+def check_origin(request: Request, settings: Settings) -> None:
+    """Refuse browsers on other sites (DNS rebinding); clients without Origin pass."""
+    origin = request.headers.get("origin")
+    if origin is None or origin in settings.allowed_origins:
+        return
+    host = urlsplit(origin).hostname or ""
+    if origin == settings.public_url or host in ("localhost", "127.0.0.1", "::1"):
+        return
+    raise Rejected(http_error(403, errors.BAD_ORIGIN, f"Origin {origin[:100]!r} is not allowed"))
+
+
+async def read_json_body(request: Request, settings: Settings) -> Any:
+    """The parsed body; 413 past the size limit, 400 for anything that is not JSON."""
+    limit = settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Rejected(http_error(413, errors.BODY_TOO_LARGE, f"body over {limit} bytes"))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Rejected(http_error(413, errors.BODY_TOO_LARGE, f"body over {limit} bytes"))
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError):
+        raise Rejected(
+            JSONResponse(
+                errors.rpc_error(
+                    None, errors.PARSE_ERROR, "body is not valid JSON", errors.BAD_JSON
+                ),
+                status_code=400,
+            )
+        ) from None

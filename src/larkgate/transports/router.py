@@ -1,0 +1,237 @@
+"""The one place where a client's JSON-RPC message meets a lark-mcp child.
+
+Both transports hand every POSTed body here and send back what comes out. The router answers
+``initialize`` and ``ping`` itself, sends people without a login their login link instead of a
+tool result, and otherwise relays the message to the user's own child with the user's current
+access token as the Bearer header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .. import __version__, errors
+from ..config import Settings
+from ..feishu.keeper import NeedsLogin, TokenKeeper, TryAgain
+from ..instances.pool import InstanceFailed, InstancePool, user_key
+from ..instances.spawner import MCP_HEADERS, Child, StartFailed
+from ..store import Store
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
+TOKEN_REJECTED = ("99991668", "99991677")
+SCOPE_MISSING = "99991679"
+_PRIVILEGES = re.compile(r"privileges?:\s*\[([^\]]*)\]")
+
+
+class Unavailable(Exception):
+    """The child could not be reached or answered garbage; the caller gets a clear error."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a message: the MCP session, and the user it is bound to (if any)."""
+
+    session_id: str
+    user_id: str | None
+
+
+class Router:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        pool: InstancePool,
+        keeper: TokenKeeper,
+        http: httpx.AsyncClient,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._pool = pool
+        self._keeper = keeper
+        self._http = http
+
+    def login_link(self, session_id: str) -> str:
+        return f"{self._settings.public_url}/oauth/start?sessionId={session_id}"
+
+    async def handle(self, caller: Caller, message: Any) -> Any:
+        """The reply to one JSON-RPC message or batch; None when nothing is owed."""
+        if isinstance(message, list):
+            if not message:
+                return errors.rpc_error(
+                    None, errors.INVALID_REQUEST, "empty batch", errors.BAD_JSON
+                )
+            replies = [await self._one(caller, m) for m in message]
+            kept = [r for r in replies if r is not None]
+            return kept or None
+        return await self._one(caller, message)
+
+    async def _one(self, caller: Caller, message: Any) -> dict[str, Any] | None:
+        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+            return errors.rpc_error(
+                None, errors.INVALID_REQUEST, "not a JSON-RPC 2.0 message", errors.BAD_JSON
+            )
+        method = message.get("method")
+        request_id = message.get("id")
+        if not isinstance(method, str):
+            return None  # a client's answer to a server request; lark-mcp sends none
+        if "id" not in message:
+            return None  # notifications need no reply and lark-mcp keeps no session state
+        if method == "initialize":
+            return self._initialize(caller, message)
+        if method == "ping":
+            return {"jsonrpc": "2.0", "id": request_id, "result": {}}
+        if method == "tools/call" and not self._logged_in(caller):
+            return self._login_result(caller, request_id, "you have not logged in to Feishu yet")
+        try:
+            if caller.user_id is None or not self._logged_in(caller):
+                return await self._relay_anonymous(message)
+            return await self._relay_user(caller, caller.user_id, message)
+        except NeedsLogin as exc:
+            return self._login_result(caller, request_id, str(exc))
+        except TryAgain as exc:
+            return errors.rpc_error(
+                request_id, errors.SERVER_ERROR, str(exc), errors.FEISHU_TRY_AGAIN
+            )
+        except InstanceFailed as exc:
+            return errors.rpc_error(
+                request_id, errors.SERVER_ERROR, str(exc), errors.INSTANCE_FAILED
+            )
+        except (StartFailed, Unavailable) as exc:
+            return errors.rpc_error(
+                request_id,
+                errors.SERVER_ERROR,
+                f"your lark-mcp process is not available ({exc}); please retry",
+                errors.INSTANCE_UNAVAILABLE,
+            )
+
+    def _logged_in(self, caller: Caller) -> bool:
+        if caller.user_id is None:
+            return False
+        user = self._store.get_user(caller.user_id)
+        return user is not None and user.has_tokens
+
+    def _initialize(self, caller: Caller, message: dict[str, Any]) -> dict[str, Any]:
+        params = message.get("params") or {}
+        asked = params.get("protocolVersion") if isinstance(params, dict) else None
+        version = asked if asked in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[0]
+        if self._logged_in(caller):
+            instructions = "Feishu/Lark tools acting as you, through LarkGate."
+        else:
+            link = self.login_link(caller.session_id)
+            instructions = (
+                "Feishu/Lark tools through LarkGate. Before a tool can act as you, log in "
+                f"to Feishu once by opening this link in a browser: {link}"
+            )
+        return {
+            "jsonrpc": "2.0",
+            "id": message.get("id"),
+            "result": {
+                "protocolVersion": version,
+                "capabilities": {"tools": {"listChanged": False}},
+                "serverInfo": {"name": "LarkGate", "version": __version__},
+                "instructions": instructions,
+            },
+        }
+
+    def _login_result(self, caller: Caller, request_id: Any, why: str) -> dict[str, Any]:
+        link = self.login_link(caller.session_id)
+        text = (
+            f"Login required ({errors.LOGIN_REQUIRED}): {why}. Open this link in a browser to log "
+            f"in to Feishu, then call the tool again: {link}"
+        )
+        return {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "result": {"content": [{"type": "text", "text": text}], "isError": True},
+        }
+
+    async def _relay_anonymous(self, message: dict[str, Any]) -> dict[str, Any]:
+        child = await self._pool.default_child()
+        return await self.send_to_child(child, message, token=None)
+
+    async def _relay_user(
+        self, caller: Caller, user_id: str, message: dict[str, Any]
+    ) -> dict[str, Any]:
+        token = await self._keeper.access_token(user_id)
+        async with self._pool.use(user_id) as child:
+            reply = await self.send_to_child(child, message, token)
+            if message.get("method") != "tools/call":
+                return reply
+            verdict = _feishu_verdict(reply)
+            if verdict == "rejected":
+                log.info("token of user %s rejected by Feishu; refreshing once", user_key(user_id))
+                token = await self._keeper.refresh_rejected(user_id, token)
+                reply = await self.send_to_child(child, message, token)
+                verdict = _feishu_verdict(reply)
+                if verdict == "rejected":
+                    self._store.mark_needs_login(user_id, "Feishu rejected a fresh token")
+                    raise NeedsLogin("Feishu no longer accepts your login")
+            if verdict is not None and verdict.startswith("scope:"):
+                missing = verdict.removeprefix("scope:")
+                return self._login_result(
+                    caller,
+                    message.get("id"),
+                    f"this tool needs Feishu permissions you have not granted ({missing})",
+                )
+            return reply
+
+    async def send_to_child(
+        self, child: Child, message: dict[str, Any], token: str | None
+    ) -> dict[str, Any]:
+        headers = dict(MCP_HEADERS)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            response = await self._http.post(
+                child.url,
+                content=json.dumps(message).encode(),
+                headers=headers,
+                timeout=self._settings.child_timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise Unavailable(type(exc).__name__) from None
+        if response.status_code != 200:
+            raise Unavailable(f"HTTP {response.status_code}")
+        return _parse_child_reply(response)
+
+
+def _parse_child_reply(response: httpx.Response) -> dict[str, Any]:
+    """lark-mcp answers one request with one SSE ``message`` event (or plain JSON)."""
+    text = response.text
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        data = [line[5:].lstrip() for line in text.splitlines() if line.startswith("data:")]
+        text = "\n".join(data)
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        raise Unavailable("unreadable answer") from None
+    if not isinstance(reply, dict):
+        raise Unavailable("unexpected answer")
+    return reply
+
+
+def _feishu_verdict(reply: dict[str, Any]) -> str | None:
+    """'rejected' for an invalid/expired user token, 'scope:<names>' for a missing scope."""
+    result = reply.get("result")
+    if not isinstance(result, dict) or not result.get("isError"):
+        return None
+    texts = [
+        c.get("text", "")
+        for c in result.get("content") or []
+        if isinstance(c, dict) and isinstance(c.get("text"), str)
+    ]
+    joined = "\n".join(texts)
+    if any(code in joined for code in TOKEN_REJECTED):
+        return "rejected"
+    if SCOPE_MISSING in joined:
+        found = _PRIVILEGES.search(joined)
+        return "scope:" + (found.group(1).strip() if found else "unknown")
+    return None
