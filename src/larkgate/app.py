@@ -75,6 +75,7 @@ class Gateway:
     sessions: SessionTable
     router: Router
     login: LoginRoutes
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
@@ -132,6 +133,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        gateway.loop = asyncio.get_running_loop()
         await gateway.pool.start()
         sweeper = asyncio.create_task(_sweep_sessions(gateway))
         log.info("LarkGate %s serving at %s", __version__, settings.public_url)
@@ -145,7 +147,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
             log.info("LarkGate stopped; every child was stopped")
 
     routes = [
-        Route("/mcp", streamable, methods=["GET", "POST", "DELETE"]),
+        Route("/mcp", streamable.handle, methods=["GET", "POST", "DELETE"]),
         Route("/sse", sse.open_stream, methods=["GET"]),
         Route("/messages", sse.post_message, methods=["POST"]),
         Route("/messages/", sse.post_message, methods=["POST"]),

@@ -26,6 +26,7 @@ _TTL_SETTINGS = (
     "tenant_token_ttl",
 )
 _LIMIT_SETTINGS = ("rate_limit_per_second", "rate_limit_per_minute")
+_HANG_TARGETS: dict[str, HangTarget] = {target: target for target in get_args(HangTarget)}
 
 
 class BadControlRequest(ValueError):
@@ -118,8 +119,8 @@ def faults(state: EmulatorState, body: dict[str, object], request: Request) -> o
         if endpoint in body:
             state.faults.queue(endpoint, _fault_list(body[endpoint], endpoint))
     if "hang_seconds" in body:
-        target = body.get("hang_paths", "all")
-        if target not in get_args(HangTarget):
+        target = _HANG_TARGETS.get(str(body.get("hang_paths", "all")))
+        if target is None:
             raise BadControlRequest("hang_paths must be token, openapi or all")
         state.faults.hang(_number(body, "hang_seconds"), target)
     return state.faults.describe()

@@ -85,29 +85,33 @@ class OAuthError(Exception):
         }
 
 
+# Feishu's own wording for the codes the emulator answers without a more specific message.
+_API_MESSAGES: dict[int, str] = {
+    ApiCode.INVALID_USER_TOKEN: (
+        "Invalid access token for authorization. Please make a request with token attached."
+    ),
+    ApiCode.USER_TOKEN_EXPIRED: (
+        "token expired. The user access token has expired, please refresh it or log in again."
+    ),
+    ApiCode.MISSING_TOKEN: (
+        "Missing access token for authorization. Please make a request with token attached."
+    ),
+    ApiCode.INVALID_TENANT_TOKEN: "Invalid access token for authorization.",
+    ApiCode.RATE_LIMITED: "request trigger frequency limit",
+}
+
+
 class ApiError(Exception):
     """A refusal from an OpenAPI endpoint, answered as `{"code", "msg"}`."""
 
-    def __init__(self, code: ApiCode, msg: str, status: int = 400) -> None:
-        super().__init__(msg)
+    def __init__(self, code: ApiCode, msg: str | None = None, status: int = 400) -> None:
         self.code = code
-        self.msg = msg
+        self.msg = msg if msg is not None else _API_MESSAGES.get(code, "request refused")
         self.status = status
+        super().__init__(self.msg)
 
     def body(self) -> dict[str, object]:
         return {"code": int(self.code), "msg": self.msg}
-
-
-INVALID_USER_TOKEN_MSG = (
-    "Invalid access token for authorization. Please make a request with token attached."
-)
-EXPIRED_USER_TOKEN_MSG = (
-    "token expired. The user access token has expired, please refresh it or log in again."
-)
-MISSING_TOKEN_MSG = (
-    "Missing access token for authorization. Please make a request with token attached."
-)
-RATE_LIMITED_MSG = "request trigger frequency limit"
 
 
 def missing_scope_msg(scope: str) -> str:

@@ -59,7 +59,7 @@ class FaultPlan:
 
     def hang_for(self, endpoint: EndpointClass) -> float:
         with self._lock:
-            if self._hang_target == "all" or self._hang_target == endpoint:
+            if self._hang_target in ("all", endpoint):
                 return self._hang_seconds
             return 0.0
 

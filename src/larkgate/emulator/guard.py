@@ -16,17 +16,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .errors import (
-    EXPIRED_USER_TOKEN_MSG,
-    INVALID_USER_TOKEN_MSG,
-    MISSING_TOKEN_MSG,
-    RATE_LIMITED_MSG,
-    ApiCode,
-    ApiError,
-    OAuthError,
-    missing_scope_msg,
-    oauth_error_word,
-)
+from .errors import ApiCode, ApiError, OAuthError, missing_scope_msg, oauth_error_word
 from .faults import EndpointClass, InjectedFault
 from .grants import AccessStatus, AccessToken, fingerprint
 from .recording import CallRecord, TokenKind
@@ -55,7 +45,7 @@ class CallContext:
 
     state: EmulatorState
     endpoint: EndpointClass | None
-    token_kind: TokenKind = "none"
+    credential_kind: TokenKind = "none"
     open_id: str | None = None
     token_fingerprint: str | None = None
     bearer_token: str | None = None
@@ -103,7 +93,9 @@ async def _answer(request: Request, ctx: CallContext, handler: Handler) -> Answe
         wait = state.rate_limiter.admit()
         if wait is not None:
             return _fault_answer(
-                ctx.endpoint, InjectedFault(429, ApiCode.RATE_LIMITED, RATE_LIMITED_MSG), wait
+                ctx.endpoint,
+                InjectedFault(429, ApiCode.RATE_LIMITED, ApiError(ApiCode.RATE_LIMITED).msg),
+                wait,
             )
     try:
         return await handler(request, ctx)
@@ -136,37 +128,37 @@ def _classify_bearer(request: Request, ctx: CallContext) -> None:
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        ctx.token_kind = "invalid"
+        ctx.credential_kind = "invalid"
         return
     ctx.bearer_token = token
     ctx.token_fingerprint = fingerprint(token)
 
     status, access = ctx.state.grants.check_access(token)
     if access is not None:
-        ctx.token_kind = "user"
+        ctx.credential_kind = "user"
         ctx.open_id = access.open_id
         ctx.access_status = status
         ctx.access = access
     elif ctx.state.app_tokens.is_live(token):
-        ctx.token_kind = "tenant" if token.startswith("t-") else "app"
+        ctx.credential_kind = "tenant" if token.startswith("t-") else "app"
     else:
-        ctx.token_kind = "invalid"
+        ctx.credential_kind = "invalid"
 
 
 def require_caller(request: Request, ctx: CallContext, *, allow_tenant: bool = True) -> None:
     """Refuse the call unless it carries a live token allowed here, with the scopes needed."""
-    if ctx.token_kind == "none":
-        raise ApiError(ApiCode.MISSING_TOKEN, MISSING_TOKEN_MSG)
-    if ctx.token_kind == "tenant" and allow_tenant:
+    if ctx.credential_kind == "none":
+        raise ApiError(ApiCode.MISSING_TOKEN)
+    if ctx.credential_kind == "tenant" and allow_tenant:
         return
-    if ctx.token_kind != "user" or ctx.access is None:
+    if ctx.credential_kind != "user" or ctx.access is None:
         if (ctx.bearer_token or "").startswith("t-") and allow_tenant:
-            raise ApiError(ApiCode.INVALID_TENANT_TOKEN, "Invalid access token for authorization.")
-        raise ApiError(ApiCode.INVALID_USER_TOKEN, INVALID_USER_TOKEN_MSG)
+            raise ApiError(ApiCode.INVALID_TENANT_TOKEN)
+        raise ApiError(ApiCode.INVALID_USER_TOKEN)
     if ctx.access_status is AccessStatus.REVOKED:
-        raise ApiError(ApiCode.INVALID_USER_TOKEN, INVALID_USER_TOKEN_MSG)
+        raise ApiError(ApiCode.INVALID_USER_TOKEN)
     if ctx.access_status is AccessStatus.EXPIRED:
-        raise ApiError(ApiCode.USER_TOKEN_EXPIRED, EXPIRED_USER_TOKEN_MSG)
+        raise ApiError(ApiCode.USER_TOKEN_EXPIRED)
 
     granted = ctx.state.grants.scope_of(ctx.access.grant_id)
     missing = [s for s in ctx.state.scopes_required_for(request.url.path) if s not in granted]
@@ -194,7 +186,7 @@ def _record(request: Request, ctx: CallContext, status: int, code: int | None) -
         method=request.method,
         path=request.url.path,
         query=_scrub_query(request.url.query),
-        token_kind=ctx.token_kind,
+        token_kind=ctx.credential_kind,
         open_id=ctx.open_id,
         token_fingerprint=ctx.token_fingerprint,
         status=status,

@@ -121,7 +121,7 @@ async def _token(request: Request, ctx: CallContext, *, v3: bool) -> Answer:
     grants = ctx.state.grants
     if grant_type == "authorization_code":
         code = _required(params, "code")
-        ctx.token_kind, ctx.token_fingerprint = "code", fingerprint(code)
+        ctx.credential_kind, ctx.token_fingerprint = "code", fingerprint(code)
         ctx.open_id = grants.code_owner(code)
         request_fields = CodeRequest(
             code=code,
@@ -132,7 +132,7 @@ async def _token(request: Request, ctx: CallContext, *, v3: bool) -> Answer:
         issued = grants.exchange_code(request_fields)
     else:
         refresh_token = _required(params, "refresh_token")
-        ctx.token_kind, ctx.token_fingerprint = "refresh", fingerprint(refresh_token)
+        ctx.credential_kind, ctx.token_fingerprint = "refresh", fingerprint(refresh_token)
         ctx.open_id = grants.refresh_owner(refresh_token)
         issued = grants.refresh(refresh_token)
     return Answer(_token_body(issued))
@@ -147,9 +147,7 @@ def _token_body(issued: IssuedTokens) -> dict[str, object]:
     if issued.refresh_token is not None:
         body["refresh_token"] = issued.refresh_token
         body["refresh_token_expires_in"] = issued.refresh_token_expires_in
-    body["token_type"] = "Bearer"
-    body["scope"] = " ".join(issued.scope)
-    return body
+    return {**body, "token_type": "Bearer", "scope": " ".join(issued.scope)}
 
 
 async def _read_token_params(request: Request) -> dict[str, str]:
@@ -223,14 +221,14 @@ async def user_info(request: Request, ctx: CallContext) -> Answer:
 async def tenant_access_token(request: Request, ctx: CallContext) -> Answer:
     _check_app_credentials(await read_json_object(request), ctx.state.config)
     token, expire = ctx.state.app_tokens.issue("t-")
-    ctx.token_kind = "tenant"
+    ctx.credential_kind = "tenant"
     return Answer({"code": 0, "msg": "ok", "tenant_access_token": token, "expire": expire})
 
 
 async def app_access_token(request: Request, ctx: CallContext) -> Answer:
     _check_app_credentials(await read_json_object(request), ctx.state.config)
     token, expire = ctx.state.app_tokens.issue("a-")
-    ctx.token_kind = "app"
+    ctx.credential_kind = "app"
     return Answer({"code": 0, "msg": "ok", "app_access_token": token, "expire": expire})
 
 

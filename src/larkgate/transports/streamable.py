@@ -35,7 +35,7 @@ class StreamableEndpoint:
         self._sessions = sessions
         self._router = router
 
-    async def __call__(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         try:
             check_origin(request, self._settings)
             if request.method == "POST":

@@ -1,0 +1,160 @@
+"""Test helpers: a real gateway on loopback, a browser that plays the Feishu login, MCP clients.
+
+The gateway runs in a background thread under uvicorn exactly as `larkgate serve` runs it;
+tests talk to it over HTTP only, and reach into it (through `GatewayServer.run`) only to do
+what an operator or a fault would do: kill a child, move the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import uvicorn
+from mcp import Client
+from mcp.client.sse import sse_client
+
+from larkgate.app import Gateway, create_app
+from larkgate.clock import Clock
+from larkgate.config import Settings, load_settings
+from larkgate.emulator import RunningEmulator
+
+REPO = Path(__file__).resolve().parent.parent
+LARK_MCP_CLI = REPO / "node_modules/@larksuiteoapi/lark-mcp/dist/cli.js"
+LOGIN_LINK = re.compile(r"https?://[^\s\"']+/oauth/start\?sessionId=[A-Za-z0-9_-]+")
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gateway_settings(data_dir: Path, emulator: RunningEmulator, **overrides: Any) -> Settings:
+    port = overrides.pop("port", None) or free_port()
+    values: dict[str, Any] = {
+        "app_id": emulator.state.config.app_id,
+        "app_secret": emulator.state.config.app_secret,
+        "open_base_url": emulator.url,
+        "accounts_base_url": emulator.url,
+        "public_url": f"http://127.0.0.1:{port}",
+        "host": "127.0.0.1",
+        "port": port,
+        "data_dir": data_dir,
+        "lark_mcp_cli": LARK_MCP_CLI,
+        "warm_spares": 0,
+        "start_timeout": 20.0,
+        "stop_grace": 2.0,
+        "health_interval": 1.0,
+        "restart_backoff": 0.1,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+class GatewayServer:
+    """`larkgate serve` in a thread: start(), url, gateway, run(coro), stop()."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or Clock()
+        self.app = create_app(settings, self.clock)
+        self.gateway: Gateway = self.app.state.gateway
+        config = uvicorn.Config(
+            self.app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    def start(self) -> GatewayServer:
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.05)
+        self._loop = self.gateway.loop
+        return self
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run a coroutine on the gateway's own event loop (where its pool lives)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(30)
+
+    def __enter__(self) -> GatewayServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def play_browser_login(login_link: str, user: str, *, deny: bool = False) -> httpx.Response:
+    """Follow a login link as a person would: to Feishu's page, pick a user, back to the gateway.
+
+    Returns the gateway's final page.
+    """
+    with httpx.Client(timeout=30, trust_env=False) as browser:
+        start = browser.get(login_link)
+        assert start.status_code == 302, start.text
+        authorize = start.headers["location"]
+        extra = "emulator_deny=1" if deny else f"emulator_user={user}"
+        feishu = browser.get(f"{authorize}&{extra}")
+        assert feishu.status_code == 302, feishu.text
+        return browser.get(feishu.headers["location"])
+
+
+def authorize_redirect(login_link: str) -> tuple[str, dict[str, list[str]]]:
+    """The Feishu authorize URL the gateway redirects to, and its query."""
+    with httpx.Client(timeout=30, trust_env=False) as browser:
+        start = browser.get(login_link)
+        assert start.status_code == 302
+        location = start.headers["location"]
+        return location, parse_qs(urlsplit(location).query)
+
+
+def login_link_in(text: str | None) -> str:
+    found = LOGIN_LINK.search(text or "")
+    assert found, f"no login link in {text!r}"
+    return found.group(0)
+
+
+@contextlib.asynccontextmanager
+async def streamable_client(gateway_url: str) -> AsyncIterator[Client]:
+    async with Client(f"{gateway_url}/mcp") as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def sse_mcp_client(gateway_url: str) -> AsyncIterator[Client]:
+    async with Client(sse_client(f"{gateway_url}/sse"), mode="legacy") as client:
+        yield client
+
+
+def tool_text(result: Any) -> str:
+    return "\n".join(getattr(c, "text", "") for c in result.content)
