@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import LARK_MCP_CLI, GatewayServer, gateway_settings
 
 from larkgate.emulator import EmulatorConfig, RunningEmulator
+from support import LARK_MCP_CLI, GatewayServer, gateway_settings
 
 
 @pytest.fixture

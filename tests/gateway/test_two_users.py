@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import anyio
 import pytest
+
+from larkgate.emulator import RunningEmulator
 from support import (
     GatewayServer,
     login_link_in,
@@ -12,8 +14,6 @@ from support import (
     streamable_client,
     tool_text,
 )
-
-from larkgate.emulator import RunningEmulator
 
 pytestmark = pytest.mark.anyio
 

@@ -31,12 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     try:
         sock = bind_loopback(args.host, args.port)
     except (ValueError, OSError) as refused:
         print(f"cannot listen: {refused}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     app = create_app(EmulatorConfig(app_id=args.app_id, app_secret=args.app_secret))
     host = f"[{args.host}]" if ":" in args.host else args.host
     logger.info("Feishu emulator on http://%s:%d", host, sock.getsockname()[1])

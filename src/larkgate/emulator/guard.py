@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from .errors import ApiCode, ApiError, OAuthError, missing_scope_msg, oauth_error_word
@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 _SECRET_PARAMS = frozenset(
     {"code", "access_token", "refresh_token", "client_secret", "app_secret", "code_verifier"}
 )
+
+# Recorded (never sent) when a client disconnects mid-request; nginx's name for it.
+_CLIENT_GONE = 499
 
 
 @dataclass
@@ -82,6 +85,13 @@ def guarded(
 
 async def _answer(request: Request, ctx: CallContext, handler: Handler) -> Answer | Response:
     state = ctx.state
+    try:
+        # Read (and cache) the whole body first: a hang then delays the answer, not the work,
+        # so a client that gives up still leaves the call done, as with a slow Feishu.
+        await request.body()
+    except ClientDisconnect:
+        logger.info("client left before its request body arrived: %s", request.url.path)
+        return Response(status_code=_CLIENT_GONE)
     if ctx.endpoint is not None:
         delay = state.faults.hang_for(ctx.endpoint)
         if delay > 0:

@@ -39,7 +39,9 @@ def bind_loopback(host: str, port: int) -> socket.socket:
     """A listening-ready socket on host:port; port 0 picks a free one."""
     require_loopback(host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # Naming IPPROTO_TCP matters: asyncio only turns Nagle off on accepted sockets whose
+    # protocol says TCP, and with Nagle on every small answer waits ~40 ms for an ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -37,6 +37,7 @@ class EmulatorState:
         # A private copy: runtime changes through /_emulator/config must not leak into the
         # caller's object, which may configure the next emulator too.
         self.config = dataclasses.replace(config, users=list(config.users))
+        self._initial_config = dataclasses.replace(config, users=list(config.users))
         self.clock = Clock()
         self.grants = GrantBook(self.config, self.clock)
         self.app_tokens = AppTokens(self.config, self.clock)
@@ -76,7 +77,12 @@ class EmulatorState:
         self.rate_limiter.reset()
 
     def reset(self) -> None:
-        """Forget every token, call, fault and requirement; keep config and clock."""
+        """Return to how the emulator started: no tokens or calls, first config, true time."""
+        for setting in dataclasses.fields(EmulatorConfig):
+            # In place: the grant book and rate limiter hold this very config object.
+            value = getattr(self._initial_config, setting.name)
+            setattr(self.config, setting.name, list(value) if setting.name == "users" else value)
+        self.clock.reset()
         self.grants.reset()
         self.app_tokens.reset()
         self.calls.clear()

@@ -1,0 +1,250 @@
+"""Minimal MCP clients over plain httpx, so that the client's own cost is the same everywhere.
+
+- ``StreamableSession``: POST /mcp with the gateway's ``Mcp-Session-Id``;
+- ``SseSession``: GET /sse, POST /messages?sessionId=..., replies read off the stream;
+- ``DirectChild``: POST to a lark-mcp child's /mcp with the user's token as Bearer header.
+
+Each has ``call(message) -> reply``; ``tool_call(seq)`` builds the benchmark's tools/call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from typing import Any
+
+import httpx
+
+ACCEPT = "application/json, text/event-stream"
+PROTOCOL_VERSION = "2025-06-18"
+CHAT_LIST = "im_v1_chat_list"
+LOGIN_LINK = re.compile(r"https?://[^\s\"']+/oauth/start\?sessionId=[A-Za-z0-9_-]+")
+
+
+class CallFailed(Exception):
+    """A reply that is not a successful tool result, or no reply at all."""
+
+
+def tool_call(seq: int) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": seq,
+        "method": "tools/call",
+        "params": {"name": CHAT_LIST, "arguments": {"params": {"page_size": 5}}},
+    }
+
+
+def initialize(seq: int = 0) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": seq,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "larkgate-bench", "version": "0"},
+        },
+    }
+
+
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def check_tool_reply(reply: dict[str, Any], expect_text: str | None = None) -> str:
+    """The reply's text; CallFailed unless it is a successful tool result (naming the user)."""
+    result = reply.get("result")
+    if not isinstance(result, dict):
+        raise CallFailed(f"no result: {json.dumps(reply)[:300]}")
+    text = "\n".join(c.get("text", "") for c in result.get("content") or [] if isinstance(c, dict))
+    if result.get("isError"):
+        raise CallFailed(f"tool error: {text[:300]}")
+    if expect_text is not None and expect_text not in text:
+        raise CallFailed(f"reply does not mention {expect_text!r}: {text[:300]}")
+    return text
+
+
+def parse_mcp_body(response: httpx.Response) -> dict[str, Any]:
+    """A JSON body, or the data of the one SSE event that lark-mcp's streamable mode sends."""
+    text = response.text
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        text = "\n".join(line[5:].lstrip() for line in text.splitlines() if line.startswith("data:"))
+    reply = json.loads(text)
+    if not isinstance(reply, dict):
+        raise CallFailed(f"unexpected body {text[:200]}")
+    return reply
+
+
+def instructions_of(reply: dict[str, Any]) -> str:
+    return str((reply.get("result") or {}).get("instructions") or "")
+
+
+async def play_browser_login(http: httpx.AsyncClient, instructions: str, login: str) -> None:
+    """Follow the login link in ``instructions`` the way a browser would, as emulator ``login``."""
+    found = LOGIN_LINK.search(instructions)
+    if found is None:
+        raise CallFailed(f"no login link in {instructions!r}")
+    start = await http.get(found.group(0))
+    if start.status_code != 302:
+        raise CallFailed(f"/oauth/start answered {start.status_code}")
+    feishu = await http.get(f"{start.headers['location']}&emulator_user={login}")
+    if feishu.status_code != 302:
+        raise CallFailed(f"emulator authorize answered {feishu.status_code}")
+    done = await http.get(feishu.headers["location"])
+    if done.status_code != 200:
+        raise CallFailed(f"/oauth/callback answered {done.status_code}: {done.text[:200]}")
+
+
+class StreamableSession:
+    def __init__(self, http: httpx.AsyncClient, base_url: str) -> None:
+        self._http = http
+        self._url = f"{base_url}/mcp"
+        self.session_id = ""
+        self.instructions = ""
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": ACCEPT, "Content-Type": "application/json"}
+        if self.session_id:
+            headers["Mcp-Session-Id"] = self.session_id
+            headers["MCP-Protocol-Version"] = PROTOCOL_VERSION
+        return headers
+
+    async def open(self) -> StreamableSession:
+        response = await self._http.post(
+            self._url, content=json.dumps(initialize()), headers=self._headers()
+        )
+        response.raise_for_status()
+        self.session_id = response.headers["mcp-session-id"]
+        self.instructions = instructions_of(parse_mcp_body(response))
+        await self._http.post(self._url, content=json.dumps(INITIALIZED), headers=self._headers())
+        return self
+
+    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        response = await self._http.post(
+            self._url, content=json.dumps(message), headers=self._headers()
+        )
+        if response.status_code != 200:
+            raise CallFailed(f"HTTP {response.status_code}: {response.text[:200]}")
+        return parse_mcp_body(response)
+
+    async def close(self) -> None:
+        if self.session_id:
+            with contextlib.suppress(httpx.HTTPError):
+                await self._http.delete(self._url, headers=self._headers())
+
+
+class SseSession:
+    """HTTP+SSE (2024-11-05) client: one reader task hands replies to waiting callers by id."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, sse_path: str = "/sse") -> None:
+        self._http = http
+        self._base = base_url
+        self._sse_url = f"{base_url}{sse_path}"
+        self._endpoint: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting: dict[Any, asyncio.Future[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._stream: contextlib.AbstractAsyncContextManager[httpx.Response] | None = None
+        self.messages_url = ""
+        self.instructions = ""
+
+    async def open(self, timeout: float = 30) -> SseSession:
+        self._stream = self._http.stream(
+            "GET", self._sse_url, headers={"Accept": "text/event-stream"}, timeout=None
+        )
+        response = await self._stream.__aenter__()
+        if response.status_code != 200:
+            raise CallFailed(f"GET {self._sse_url} answered {response.status_code}")
+        self._reader = asyncio.create_task(self._read(response))
+        endpoint = await asyncio.wait_for(self._endpoint, timeout)
+        self.messages_url = endpoint if "://" in endpoint else f"{self._base}{endpoint}"
+        reply = await self.call(initialize(), timeout=timeout)
+        self.instructions = instructions_of(reply)
+        await self._post(INITIALIZED)
+        return self
+
+    async def _read(self, response: httpx.Response) -> None:
+        event, data = "message", []
+        try:
+            async for line in response.aiter_lines():
+                if line == "":
+                    if data:
+                        self._dispatch(event, "\n".join(data))
+                    event, data = "message", []
+                elif line.startswith(":"):
+                    continue
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].lstrip())
+        except httpx.HTTPError as exc:
+            self._fail_all(CallFailed(f"stream broke: {type(exc).__name__}"))
+            return
+        self._fail_all(CallFailed("stream ended"))
+
+    def _dispatch(self, event: str, data: str) -> None:
+        if event == "endpoint":
+            if not self._endpoint.done():
+                self._endpoint.set_result(data)
+            return
+        reply = json.loads(data)
+        waiter = self._waiting.pop(reply.get("id"), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(reply)
+
+    def _fail_all(self, exc: Exception) -> None:
+        if not self._endpoint.done():
+            self._endpoint.set_exception(exc)
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(exc)
+        self._waiting.clear()
+
+    async def _post(self, message: dict[str, Any]) -> None:
+        response = await self._http.post(
+            self.messages_url,
+            content=json.dumps(message),
+            headers={"Content-Type": "application/json"},
+        )
+        if response.status_code not in (200, 202):
+            raise CallFailed(f"POST messages answered {response.status_code}: {response.text[:200]}")
+
+    async def call(self, message: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[message["id"]] = waiter
+        try:
+            await self._post(message)
+            return await asyncio.wait_for(waiter, timeout)
+        finally:
+            self._waiting.pop(message["id"], None)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                await self._reader
+        if self._stream is not None:
+            with contextlib.suppress(httpx.HTTPError, RuntimeError):
+                await self._stream.__aexit__(None, None, None)
+
+
+class DirectChild:
+    """A lark-mcp child in streamable mode, called as the gateway calls it."""
+
+    def __init__(self, http: httpx.AsyncClient, url: str, token: str | None) -> None:
+        self._http = http
+        self._url = url
+        self._headers = {"Accept": ACCEPT, "Content-Type": "application/json"}
+        if token is not None:
+            self._headers["Authorization"] = f"Bearer {token}"
+
+    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        response = await self._http.post(
+            self._url, content=json.dumps(message), headers=self._headers
+        )
+        if response.status_code != 200:
+            raise CallFailed(f"HTTP {response.status_code}: {response.text[:200]}")
+        return parse_mcp_body(response)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,146 @@
+"""`larkgate serve` as a real process: shutdown, SIGKILL and restart leave no stray children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from larkgate.emulator import RunningEmulator
+from support import LARK_MCP_CLI, free_port, login_link_in, play_browser_login
+
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "t"}},
+}
+CALL = {
+    "jsonrpc": "2.0",
+    "id": 2,
+    "method": "tools/call",
+    "params": {"name": "im_v1_chat_list", "arguments": {"params": {"page_size": 5}}},
+}
+
+
+class ServeProcess:
+    def __init__(self, data_dir: Path, emulator: RunningEmulator, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(data_dir),
+            "LARKGATE_APP_ID": emulator.state.config.app_id,
+            "LARKGATE_APP_SECRET": emulator.state.config.app_secret,
+            "LARKGATE_OPEN_BASE_URL": emulator.url,
+            "LARKGATE_ACCOUNTS_BASE_URL": emulator.url,
+            "LARKGATE_PUBLIC_URL": self.url,
+            "LARKGATE_PORT": str(port),
+            "LARKGATE_DATA_DIR": str(data_dir),
+            "LARKGATE_LARK_MCP_CLI": str(LARK_MCP_CLI),
+            "LARKGATE_WARM_SPARES": "1",
+            "LARKGATE_STOP_GRACE": "2",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "larkgate.cli", "serve"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, "gateway exited at start"
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2, trust_env=False).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("gateway did not become healthy")
+
+    def lark_mcp_children(self) -> list[psutil.Process]:
+        return _lark_mcp_processes(self.env["LARKGATE_DATA_DIR"])
+
+    def stop(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        self.process.wait(30)
+
+
+def _lark_mcp_processes(data_dir: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            cwd = proc.info["cwd"] or ""
+        except psutil.Error:
+            continue
+        if any("lark-mcp" in part for part in cmdline) and cwd.startswith(data_dir):
+            found.append(proc)
+    return found
+
+
+@pytest.fixture
+def serve(tmp_path: Path, emulator: RunningEmulator) -> Iterator[ServeProcess]:
+    process = ServeProcess(tmp_path / "data", emulator, free_port())
+    yield process
+    if process.process is not None and process.process.poll() is None:
+        process.stop(signal.SIGKILL)
+    for child in process.lark_mcp_children():
+        child.kill()
+
+
+def _login_and_call(url: str, user: str) -> str:
+    with httpx.Client(base_url=url, timeout=30, trust_env=False) as http:
+        init = http.post("/mcp", json=INIT, headers=ACCEPT)
+        session_id = init.headers["mcp-session-id"]
+        play_browser_login(login_link_in(init.json()["result"]["instructions"]), user)
+        reply = http.post("/mcp", json=CALL, headers={**ACCEPT, "Mcp-Session-Id": session_id})
+        assert reply.status_code == 200
+        assert user.capitalize() in reply.json()["result"]["content"][0]["text"]
+        return session_id
+
+
+def test_sigterm_stops_every_child(serve: ServeProcess) -> None:
+    serve.start()
+    _login_and_call(serve.url, "alice")
+    assert len(serve.lark_mcp_children()) >= 2  # the default child and alice's
+
+    serve.stop(signal.SIGTERM)
+
+    # uvicorn re-raises the signal once its graceful shutdown is done.
+    assert serve.process is not None and serve.process.returncode in (0, -signal.SIGTERM)
+    assert serve.lark_mcp_children() == []
+
+
+def test_after_sigkill_a_restart_stops_the_orphans_and_keeps_the_user(
+    serve: ServeProcess,
+) -> None:
+    serve.start()
+    session_id = _login_and_call(serve.url, "alice")
+    orphans = {p.pid for p in serve.lark_mcp_children()}
+    assert orphans
+
+    serve.stop(signal.SIGKILL)
+    serve.start()
+
+    survivors = {p.pid for p in serve.lark_mcp_children()} & orphans
+    assert survivors == set()
+    with httpx.Client(base_url=serve.url, timeout=30, trust_env=False) as http:
+        reply = http.post("/mcp", json=CALL, headers={**ACCEPT, "Mcp-Session-Id": session_id})
+    assert reply.status_code == 200
+    result = reply.json()["result"]
+    assert not result.get("isError"), result
+    assert "Alice" in result["content"][0]["text"]
