@@ -153,7 +153,7 @@ def test_one_users_session_id_is_useless_to_another_transport(http: httpx.Client
 def test_forged_and_replayed_login_state_are_refused_and_change_nothing(
     http: httpx.Client, gateway: GatewayServer, emulator: RunningEmulator
 ) -> None:
-    session_id, reply = _session(http)
+    _, reply = _session(http)
     link = login_link_in(reply["result"]["instructions"])  # type: ignore[index]
 
     forged = http.get("/oauth/callback", params={"code": "x", "state": "forged"})
