@@ -69,7 +69,9 @@ def parse_mcp_body(response: httpx.Response) -> dict[str, Any]:
     """A JSON body, or the data of the one SSE event that lark-mcp's streamable mode sends."""
     text = response.text
     if response.headers.get("content-type", "").startswith("text/event-stream"):
-        text = "\n".join(line[5:].lstrip() for line in text.splitlines() if line.startswith("data:"))
+        text = "\n".join(
+            line[5:].lstrip() for line in text.splitlines() if line.startswith("data:")
+        )
     reply = json.loads(text)
     if not isinstance(reply, dict):
         raise CallFailed(f"unexpected body {text[:200]}")
@@ -207,7 +209,9 @@ class SseSession:
             headers={"Content-Type": "application/json"},
         )
         if response.status_code not in (200, 202):
-            raise CallFailed(f"POST messages answered {response.status_code}: {response.text[:200]}")
+            raise CallFailed(
+                f"POST messages answered {response.status_code}: {response.text[:200]}"
+            )
 
     async def call(self, message: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

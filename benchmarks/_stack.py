@@ -42,7 +42,9 @@ async def wait_for(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if started is not None and not started.alive():
-            raise RuntimeError(f"{started.name} exited while waiting for {what}:\n{started.log_tail()}")
+            raise RuntimeError(
+                f"{started.name} exited while waiting for {what}:\n{started.log_tail()}"
+            )
         try:
             if await check():
                 return
@@ -63,7 +65,14 @@ async def start_emulator(procs: ProcessSet, http: httpx.AsyncClient, users: int)
     port = free_port()
     started = procs.start(
         "emulator",
-        [sys.executable, str(BENCH_DIR / "emulator_server.py"), "--port", str(port), "--users", str(users)],
+        [
+            sys.executable,
+            str(BENCH_DIR / "emulator_server.py"),
+            "--port",
+            str(port),
+            "--users",
+            str(users),
+        ],
         cwd=REPO,
     )
     url = f"http://127.0.0.1:{port}"
@@ -114,7 +123,11 @@ class GatewayProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LARKGATE_")}
         env.update({f"LARKGATE_{k.upper()}": _env_value(v) for k, v in values.items()})
         script = Path(sys.executable).parent / "larkgate"
-        argv = [str(script), "serve"] if script.exists() else [sys.executable, "-m", "larkgate.cli", "serve"]
+        argv = (
+            [str(script), "serve"]
+            if script.exists()
+            else [sys.executable, "-m", "larkgate.cli", "serve"]
+        )
         self.started = procs.start(name, argv, env=env, cwd=REPO)
 
     @property

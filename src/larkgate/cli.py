@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(run=_doctor)
 
     settings_cmd = commands.add_parser("settings", help="print every setting with its help")
+    settings_cmd.add_argument(
+        "--markdown", action="store_true", help="print the README's settings table"
+    )
     settings_cmd.set_defaults(run=_print_settings)
     return parser
 
@@ -144,8 +147,16 @@ def _doctor(args: argparse.Namespace) -> int:
     return run_checks(settings)
 
 
+def settings_table() -> str:
+    rows = ["| variable | default | what it does |", "| --- | --- | --- |"]
+    for env, default, help_text in describe_settings():
+        shown = default if default not in ("", "None", "[]") else ""
+        rows.append(f"| `{env}` | {shown} | {help_text} |")
+    return "\n".join(rows)
+
+
 def _print_settings(args: argparse.Namespace) -> int:
-    print(_settings_epilog())
+    print(settings_table() if args.markdown else _settings_epilog())
     return 0
 
 

@@ -23,6 +23,7 @@ from pydantic_settings import (
 ENV_PREFIX = "LARKGATE_"
 CONFIG_FILE_ENV = "LARKGATE_CONFIG"
 LARK_MCP_VERSION = "0.5.1"
+_LARK_MCP_ENTRY = "node_modules/@larksuiteoapi/lark-mcp/dist/cli.js"
 
 _BRAND_HOSTS = {
     "feishu": ("https://open.feishu.cn", "https://accounts.feishu.cn"),
@@ -84,7 +85,7 @@ class Settings(BaseSettings):
     # lark-mcp children
     node_path: str = Field("node", description="Node.js executable that runs lark-mcp")
     lark_mcp_cli: Path | None = Field(
-        None, description="Path to lark-mcp's dist/cli.js; empty means ./node_modules's copy"
+        None, description="Path to lark-mcp's dist/cli.js; empty means node_modules's copy"
     )
     lark_tools: str = Field(
         "preset.default", description="lark-mcp -t: a preset or comma-separated tool names"
@@ -196,7 +197,12 @@ class Settings(BaseSettings):
     def lark_mcp_cli_path(self) -> Path:
         if self.lark_mcp_cli is not None:
             return self.lark_mcp_cli
-        return Path.cwd() / "node_modules/@larksuiteoapi/lark-mcp/dist/cli.js"
+        # The working directory's copy first, then the one beside a source checkout.
+        for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+            candidate = base / _LARK_MCP_ENTRY
+            if candidate.is_file():
+                return candidate
+        return Path.cwd() / _LARK_MCP_ENTRY
 
     def require_for_serving(self) -> None:
         """Refuse to serve half-configured: raise ConfigError naming the first missing setting."""

@@ -101,12 +101,16 @@ _API_MESSAGES: dict[int, str] = {
 }
 
 
+def api_message(code: ApiCode) -> str:
+    return _API_MESSAGES.get(code, "request refused")
+
+
 class ApiError(Exception):
     """A refusal from an OpenAPI endpoint, answered as `{"code", "msg"}`."""
 
     def __init__(self, code: ApiCode, msg: str | None = None, status: int = 400) -> None:
         self.code = code
-        self.msg = msg if msg is not None else _API_MESSAGES.get(code, "request refused")
+        self.msg = msg if msg is not None else api_message(code)
         self.status = status
         super().__init__(self.msg)
 

@@ -103,6 +103,7 @@ class CodeRequest:
     """The token-endpoint fields of an authorization_code exchange."""
 
     code: str
+    client_id: str
     redirect_uri: str | None
     code_verifier: str | None
     reject_unrequested_verifier: bool
@@ -168,6 +169,8 @@ class GrantBook:
                 raise OAuthError(OAuthCode.CODE_NOT_FOUND, "authorization code not found")
             if found.used:
                 raise OAuthError(OAuthCode.CODE_NOT_FOUND, "authorization code already used")
+            if found.client_id != request.client_id:
+                raise OAuthError(OAuthCode.CODE_NOT_FOUND, "authorization code not found")
             # A code is spent by any attempt that names it, so a wrong verifier cannot be retried.
             found.used = True
             if self._clock.now() >= found.expires_at:

@@ -16,7 +16,14 @@ import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from .errors import ApiCode, ApiError, OAuthError, missing_scope_msg, oauth_error_word
+from .errors import (
+    ApiCode,
+    ApiError,
+    OAuthError,
+    api_message,
+    missing_scope_msg,
+    oauth_error_word,
+)
 from .faults import EndpointClass, InjectedFault
 from .grants import AccessStatus, AccessToken, fingerprint
 from .recording import CallRecord, TokenKind
@@ -68,7 +75,6 @@ def guarded(
     async def run(request: Request) -> Response:
         state: EmulatorState = request.app.state.emulator
         ctx = CallContext(state=state, endpoint=endpoint)
-        _classify_bearer(request, ctx)
         result = await _answer(request, ctx, handler)
 
         if isinstance(result, Answer):
@@ -91,11 +97,15 @@ async def _answer(request: Request, ctx: CallContext, handler: Handler) -> Answe
         await request.body()
     except ClientDisconnect:
         logger.info("client left before its request body arrived: %s", request.url.path)
+        _classify_bearer(request, ctx)
         return Response(status_code=_CLIENT_GONE)
+    delay = state.faults.hang_for(ctx.endpoint) if ctx.endpoint is not None else 0.0
+    if delay > 0:
+        await anyio.sleep(delay)
+    # After the hang: a token is judged live or expired at the moment the answer is made.
+    _classify_bearer(request, ctx)
+
     if ctx.endpoint is not None:
-        delay = state.faults.hang_for(ctx.endpoint)
-        if delay > 0:
-            await anyio.sleep(delay)
         fault = state.faults.next_fault(ctx.endpoint)
         if fault is not None:
             logger.info("serving injected fault status=%d code=%d", fault.status, fault.code)
@@ -104,21 +114,20 @@ async def _answer(request: Request, ctx: CallContext, handler: Handler) -> Answe
         if wait is not None:
             return _fault_answer(
                 ctx.endpoint,
-                InjectedFault(429, ApiCode.RATE_LIMITED, ApiError(ApiCode.RATE_LIMITED).msg),
+                InjectedFault(429, ApiCode.RATE_LIMITED, api_message(ApiCode.RATE_LIMITED)),
                 wait,
             )
     try:
         return await handler(request, ctx)
-    except OAuthError as refusal:
-        return Answer(refusal.body(), refusal.status)
-    except ApiError as refusal:
+    except (OAuthError, ApiError) as refusal:
+        logger.info(
+            "refused %s code=%d user=%s", request.url.path, refusal.code, ctx.open_id or "-"
+        )
         return Answer(refusal.body(), refusal.status)
 
 
 def _fault_answer(endpoint: EndpointClass, fault: InjectedFault, reset: int = 1) -> Answer:
-    headers = {}
-    if fault.status == 429:
-        headers = {"x-ogw-ratelimit-reset": str(reset), "x-ogw-ratelimit-limit": "1"}
+    headers = {"x-ogw-ratelimit-reset": str(reset)} if fault.status == 429 else {}
     message = fault.message or f"injected fault {fault.code}"
     if endpoint == "token":
         body: dict[str, object] = {

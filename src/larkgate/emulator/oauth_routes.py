@@ -40,6 +40,7 @@ async def authorize(request: Request, ctx: CallContext) -> Response:
     if (method is not None and method not in _PKCE_METHODS) or (method and not challenge):
         return _redirect(redirect_uri, [("error", "invalid_request")], state)
     if query.get("emulator_deny") == "1":
+        logger.info("login denied at the emulated consent page")
         return _redirect(redirect_uri, [("error", "access_denied")], state)
 
     chosen = query.get("emulator_user")
@@ -125,6 +126,7 @@ async def _token(request: Request, ctx: CallContext, *, v3: bool) -> Answer:
         ctx.open_id = grants.code_owner(code)
         request_fields = CodeRequest(
             code=code,
+            client_id=params["client_id"],
             redirect_uri=params.get("redirect_uri"),
             code_verifier=params.get("code_verifier"),
             reject_unrequested_verifier=v3,

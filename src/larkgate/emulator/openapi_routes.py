@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from . import payload
-from .config import EmulatedUser
+from .config import DEFAULT_TENANT_KEY, EmulatedUser
 from .guard import Answer, CallContext, guarded, read_json_object, require_caller
 from .state import SentMessage
 
@@ -36,6 +36,12 @@ def _caller_name(ctx: CallContext) -> str:
     return user.name if user else "the app"
 
 
+def _tenant_key(ctx: CallContext) -> str:
+    user = _caller(ctx)
+    users = ctx.state.config.users
+    return user.tenant_key if user else (users[0].tenant_key if users else DEFAULT_TENANT_KEY)
+
+
 def _chat(chat_id: str, name: str, owner: str, tenant_key: str) -> dict[str, object]:
     return {
         "chat_id": chat_id,
@@ -53,7 +59,7 @@ def _chat(chat_id: str, name: str, owner: str, tenant_key: str) -> dict[str, obj
 def _chats_for(ctx: CallContext) -> list[dict[str, object]]:
     config = ctx.state.config
     first = config.users[0] if config.users else None
-    tenant_key = first.tenant_key if first else "tenant_demo"
+    tenant_key = _tenant_key(ctx)
     everyone = _chat(_ALL_HANDS, "All hands", first.open_id if first else "", tenant_key)
     user = _caller(ctx)
     if user is None:
@@ -78,7 +84,7 @@ async def create_chat(request: Request, ctx: CallContext) -> Answer:
     body = await read_json_object(request)
     name = payload.text(body, "name", f"{_caller_name(ctx)}'s new chat")
     chat_id = "oc_" + secrets.token_hex(16)
-    return _ok(_chat(chat_id, name, ctx.open_id or "", "tenant_demo"))
+    return _ok(_chat(chat_id, name, ctx.open_id or "", _tenant_key(ctx)))
 
 
 async def chat_members(request: Request, ctx: CallContext) -> Answer:
@@ -106,6 +112,7 @@ async def send_message(request: Request, ctx: CallContext) -> Answer:
         receive_id=payload.text(body, "receive_id"),
         msg_type=payload.text(body, "msg_type"),
         content=payload.text(body, "content"),
+        sent_at=ctx.state.clock.now(),
     )
     ctx.state.record_message(message)
     return _ok(_message_json(ctx, message))
@@ -119,7 +126,7 @@ async def list_messages(request: Request, ctx: CallContext) -> Answer:
 
 
 def _message_json(ctx: CallContext, message: SentMessage) -> dict[str, object]:
-    now_ms = str(int(ctx.state.clock.now() * 1000))
+    sent_ms = str(int(message.sent_at * 1000))
     if message.sender_open_id is not None:
         sender = {"id": message.sender_open_id, "id_type": "open_id", "sender_type": "user"}
     else:
@@ -130,12 +137,12 @@ def _message_json(ctx: CallContext, message: SentMessage) -> dict[str, object]:
         "root_id": "",
         "parent_id": "",
         "msg_type": message.msg_type,
-        "create_time": now_ms,
-        "update_time": now_ms,
+        "create_time": sent_ms,
+        "update_time": sent_ms,
         "deleted": False,
         "updated": False,
         "chat_id": message.receive_id if in_chat else "oc_p2p_" + message.receive_id,
-        "sender": {**sender, "tenant_key": "tenant_demo"},
+        "sender": {**sender, "tenant_key": _tenant_key(ctx)},
         "body": {"content": message.content},
     }
 

@@ -29,6 +29,7 @@ class SentMessage:
     receive_id: str
     msg_type: str
     content: str
+    sent_at: float
 
 
 class EmulatorState:
