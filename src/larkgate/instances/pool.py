@@ -77,7 +77,11 @@ class InstancePool:
 
     async def start(self) -> None:
         self._stop_orphans()
-        await self.default_child()
+        try:
+            await self.default_child()
+        except StartFailed as exc:
+            # Serve anyway: /health says degraded and the next discovery call retries.
+            log.error("default child did not start: %s", exc)
         self._fill_spares()
         self._background(self._health_loop())
         self._background(self._reap_loop())
@@ -326,9 +330,10 @@ class InstancePool:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self._settings.health_interval)
-            for child in self.children():
-                if child.alive and child.in_flight == 0:
-                    await self._check(child)
+            # Busy children are probed too: a stopped process hangs its callers until
+            # child_timeout, and only a probe notices it sooner.
+            alive = [c for c in self.children() if c.alive]
+            await asyncio.gather(*(self._check(c) for c in alive), return_exceptions=True)
 
     async def _check(self, child: Child) -> None:
         if await self._spawner.probe(child, timeout=min(5.0, self._settings.health_interval)):
