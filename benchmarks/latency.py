@@ -123,7 +123,9 @@ def parse_args() -> argparse.Namespace:
 def gateway_settings(args: argparse.Namespace, most_users: int) -> dict[str, object]:
     settings: dict[str, object] = {
         "warm_spares": args.warm_spares,
-        "max_instances": max(20, most_users),
+        # A spare counts against max_instances, and a newcomer arriving while a spare is
+        # still starting evicts an idle user's child; leave room so no user is evicted.
+        "max_instances": max(20, most_users + args.warm_spares),
         "child_timeout": 60.0,
     }
     for item in args.setting:
@@ -155,6 +157,8 @@ def attach_direct(
 ) -> None:
     children = gateway.user_children()
     for user in users:
+        if user.open_id not in children:
+            raise RuntimeError(f"{user.login} has no child any more (evicted or crashed?)")
         pid, port = children[user.open_id]
         token = gateway.access_token(user.open_id)
         user.child_pid = pid
@@ -249,7 +253,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             for count in counts:
                 new = range(len(users), count)
                 print(
-                    f"[bench] logging in users {len(users)}..{count - 1} and starting their children"
+                    f"[bench] logging in users {len(users)}..{count - 1}, starting their children"
                 )
                 users += await asyncio.gather(*(set_up_user(http, gateway, i, gate) for i in new))
                 attach_direct(http, gateway, users)
@@ -405,8 +409,8 @@ def print_tables(results: dict[str, Any]) -> None:
     )
     for run in results["runs"]:
         print(
-            f"\n{run['users']} users: about {run['users_fit_in_24gib_by_peak_child_rss']} users fit in "
-            f"{FIT_IN_GIB} GiB at the peak child RSS seen here"
+            f"\n{run['users']} users: about {run['users_fit_in_24gib_by_peak_child_rss']} users "
+            f"fit in {FIT_IN_GIB} GiB at the peak child RSS seen here"
         )
 
 

@@ -36,6 +36,13 @@ class Brand(StrEnum):
     LARK = "lark"
 
 
+class TokenApi(StrEnum):
+    """Which generation of Feishu's OAuth token endpoint to call."""
+
+    V2 = "v2"
+    V3 = "v3"
+
+
 class ConfigError(Exception):
     """A setting is missing or invalid; the message names the setting."""
 
@@ -55,9 +62,13 @@ class Settings(BaseSettings):
     accounts_base_url: str = Field(
         "", description="Login base URL; empty means the brand's (https://accounts.feishu.cn)"
     )
+    token_api: TokenApi = Field(
+        TokenApi.V2,
+        description="OAuth token endpoint: v2 (open host) or v3 (accounts host, v2's successor)",
+    )
     token_url: str = Field(
         "",
-        description="OAuth token URL; empty means <open_base_url>/open-apis/authen/v2/oauth/token",
+        description="OAuth token URL; empty means the one token_api names on the brand's host",
     )
     scopes: list[str] = Field(
         default_factory=list,
@@ -75,7 +86,11 @@ class Settings(BaseSettings):
     )
     encryption_key: SecretStr = Field(
         SecretStr(""),
-        description="Base64 of 32 bytes sealing tokens; empty means <data_dir>/secret.key (0600)",
+        description="Base64 of 32 bytes sealing tokens; empty means key files in <data_dir>/keys",
+    )
+    previous_encryption_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Old base64 keys that only open records, while `rotate-key` re-seals them",
     )
     allowed_origins: list[str] = Field(
         default_factory=list,
@@ -126,6 +141,36 @@ class Settings(BaseSettings):
         300.0, ge=0, description="Refresh an access token this many seconds before it expires"
     )
     feishu_timeout: float = Field(15.0, gt=0, description="Seconds for one call to Feishu")
+    refresh_attempts: int = Field(
+        4, ge=1, description="Tries of one token refresh while Feishu fails for a passing reason"
+    )
+    refresh_backoff: float = Field(
+        0.5, ge=0, description="Seconds before a refresh's second try; doubles per try, jittered"
+    )
+    refresh_backoff_cap: float = Field(
+        8.0, ge=0, description="Longest wait between two tries of a refresh, in seconds"
+    )
+    token_calls_per_second: int = Field(
+        20, ge=1, le=50, description="Most OAuth calls a second to Feishu (Feishu allows 50/app)"
+    )
+    token_calls_per_minute: int = Field(
+        600, ge=1, le=1000, description="Most OAuth calls a minute to Feishu (it allows 1000/app)"
+    )
+    keepalive_share: float = Field(
+        0.5, gt=0, le=1, description="Share of those calls background renewals may use at most"
+    )
+    keepalive_before: float = Field(
+        172800.0, gt=0, description="Renew an idle user's refresh token this long before expiry, s"
+    )
+    keepalive_spread: float = Field(
+        21600.0, ge=0, description="Spread idle users' renewals over this many seconds (jitter)"
+    )
+    keepalive_interval: float = Field(
+        300.0, gt=0, description="Seconds between passes of the background renewal job"
+    )
+    keepalive_concurrency: int = Field(
+        4, ge=1, description="Renewals the background job runs at the same time"
+    )
     reap_interval: float = Field(30.0, gt=0, description="Seconds between idle sweeps")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
@@ -174,7 +219,10 @@ class Settings(BaseSettings):
         if not self.accounts_base_url:
             self.accounts_base_url = accounts_base
         if not self.token_url:
-            self.token_url = f"{self.open_base_url}/open-apis/authen/v2/oauth/token"
+            if self.token_api is TokenApi.V3:
+                self.token_url = f"{self.accounts_base_url}/oauth/v3/token"
+            else:
+                self.token_url = f"{self.open_base_url}/open-apis/authen/v2/oauth/token"
         return self
 
     # Derived values, computed once from the settings above.
@@ -192,6 +240,15 @@ class Settings(BaseSettings):
     def oauth_scopes(self) -> list[str]:
         scopes = [s for s in self.scopes if s and s != "offline_access"]
         return [*dict.fromkeys(scopes), "offline_access"]
+
+    @property
+    def keys_dir(self) -> Path:
+        """Key files ``<kid>.key`` and the ``primary`` pointer, when no key setting is given."""
+        return self.data_dir / "keys"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "larkgate.db"
 
     @property
     def lark_mcp_cli_path(self) -> Path:

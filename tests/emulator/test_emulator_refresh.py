@@ -148,11 +148,13 @@ def test_v3_refresh_behaves_like_v2(control: EmulatorControl, http: httpx.Client
 
 def test_short_lived_config_in_process() -> None:
     config = EmulatorConfig(access_token_ttl=10, old_token_grace=0)
-    with RunningEmulator(config) as running, httpx.Client(base_url=running.url) as client:
-        control = EmulatorControl(running.url)
+    with (
+        RunningEmulator(config) as running,
+        httpx.Client(base_url=running.url) as client,
+        EmulatorControl(running.url) as control,
+    ):
         tokens = control.login("carol")
         assert tokens["expires_in"] == 10
         assert _refresh(client, tokens["refresh_token"]).status_code == 200
         # With no grace the replaced access token dies at once.
         assert _chats(client, tokens["access_token"])["code"] == 99991677
-        control.close()

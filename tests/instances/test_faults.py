@@ -10,9 +10,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from support import GatewayServer, login_link_in, play_browser_login, streamable_client, tool_text
 
 from larkgate.emulator import RunningEmulator
+from support import GatewayServer, login_link_in, play_browser_login, streamable_client, tool_text
 
 pytestmark = pytest.mark.anyio
 

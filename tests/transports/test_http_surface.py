@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -201,3 +201,21 @@ def test_tools_and_health_answer_without_user_data(
     body = health.json()
     assert body["status"] == "ok" and body["default_instance"] == "ready"
     assert "ou_" not in health.text and "Alice" not in health.text
+
+
+def test_sse_stream_names_its_endpoint_then_keeps_alive(
+    start_gateway: Callable[..., GatewayServer],
+) -> None:
+    gateway = start_gateway(keepalive_interval=0.2)
+    seen: list[str] = []
+    with (
+        httpx.Client(timeout=30, trust_env=False) as http,
+        http.stream("GET", f"{gateway.url}/sse") as stream,
+    ):
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            seen.append(line)
+            if line.startswith(": keepalive"):
+                break
+    assert seen[0] == "event: endpoint"
+    assert seen[1].startswith("data: /messages?sessionId=")

@@ -113,16 +113,24 @@ def revoke(state: EmulatorState, body: dict[str, object], request: Request) -> o
 
 
 def faults(state: EmulatorState, body: dict[str, object], request: Request) -> object:
-    if body.get("clear") is True:
-        state.faults.clear()
-    for endpoint in get_args(EndpointClass):
-        if endpoint in body:
-            state.faults.queue(endpoint, _fault_list(body[endpoint], endpoint))
+    unknown = set(body) - {"clear", "hang_seconds", "hang_paths", *get_args(EndpointClass)}
+    if unknown:
+        raise BadControlRequest(f"unknown fault settings: {', '.join(sorted(unknown))}")
+    # Parse everything before changing anything, so a bad request changes nothing.
+    queued = {e: _fault_list(body[e], e) for e in get_args(EndpointClass) if e in body}
+    hang: tuple[float, HangTarget] | None = None
     if "hang_seconds" in body:
         target = _HANG_TARGETS.get(str(body.get("hang_paths", "all")))
         if target is None:
             raise BadControlRequest("hang_paths must be token, openapi or all")
-        state.faults.hang(_number(body, "hang_seconds"), target)
+        hang = (_number(body, "hang_seconds"), target)
+
+    if body.get("clear") is True:
+        state.faults.clear()
+    for endpoint, pending in queued.items():
+        state.faults.queue(endpoint, pending)
+    if hang is not None:
+        state.faults.hang(*hang)
     return state.faults.describe()
 
 

@@ -241,10 +241,16 @@ def _check_app_credentials(body: dict[str, object], config: EmulatorConfig) -> N
         raise ApiError(ApiCode.INVALID_APP_SECRET, "app secret invalid")
 
 
+async def unknown_oauth_path(request: Request, ctx: CallContext) -> Answer:
+    raise OAuthError(OAuthCode.INVALID_REQUEST, "no such OAuth endpoint")
+
+
 routes = [
     Route("/open-apis/authen/v1/authorize", guarded(None, authorize), methods=["GET"]),
     Route("/open-apis/authen/v2/oauth/token", guarded("token", token_v2), methods=["POST"]),
     Route("/oauth/v3/token", guarded("token", token_v3), methods=["POST"]),
+    # Recorded like the rest, so a test sees a client that calls a wrong OAuth URL.
+    Route("/oauth/{rest:path}", guarded(None, unknown_oauth_path), methods=["GET", "POST"]),
     Route("/open-apis/authen/v1/user_info", guarded("openapi", user_info), methods=["GET"]),
     Route(
         "/open-apis/auth/v3/tenant_access_token/internal",

@@ -33,6 +33,8 @@ class SentMessage:
 
 
 class EmulatorState:
+    """The emulator's memory: config, clock, grants, records, faults and fake data."""
+
     def __init__(self, config: EmulatorConfig) -> None:
         _check_limits(config.rate_limit_per_second, config.rate_limit_per_minute)
         # A private copy: runtime changes through /_emulator/config must not leak into the
