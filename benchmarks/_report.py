@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -56,17 +58,30 @@ class Samples:
         }
 
 
-async def closed_loop(calls: Sequence[Call], per_user: int, warmup: int) -> Samples:
-    """Every user calls back to back (one call in flight each), all users at once.
+async def run_load(
+    calls: Sequence[Call], per_user: int, warmup: int, rate: float | None = None
+) -> Samples:
+    """All users at once, one call in flight each; ``calls[i](seq)`` raises on a bad reply.
 
-    ``calls[i](seq)`` makes user i's call number ``seq`` and raises on a bad reply.
+    With ``rate`` None every user calls back to back (closed loop: the machine saturates).
+    Otherwise calls arrive at random (Poisson) times at ``rate`` calls/s over all users, the
+    way people using AI clients arrive, and a user whose previous call is still running sends
+    the next as soon as it returns. Latency is timed from the send.
     """
     samples = Samples()
     go = asyncio.Event()
+    per_user_rate = rate / len(calls) if rate else None
+    chance = random.Random(0)
 
     async def user(call: Call, user_index: int) -> None:
         await go.wait()
+        due = time.perf_counter()
+        if per_user_rate:
+            due += chance.uniform(0, 1 / per_user_rate)
         for n in range(warmup + per_user):
+            if per_user_rate:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                due = max(due, time.perf_counter()) + chance.expovariate(per_user_rate)
             seq = user_index * 1_000_000 + n
             started = time.perf_counter()
             try:
@@ -84,6 +99,17 @@ async def closed_loop(calls: Sequence[Call], per_user: int, warmup: int) -> Samp
     await asyncio.gather(*tasks)
     samples.wall = time.perf_counter() - began
     return samples
+
+
+def machine_busy() -> dict[str, object]:
+    """Load average and lark-mcp processes this run did not start: both make figures noisy."""
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    foreign = 0
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "lark-mcp" in cmdline and proc.info["pid"] not in ours:
+            foreign += 1
+    return {"load_average_1m": round(os.getloadavg()[0], 2), "foreign_lark_mcp": foreign}
 
 
 def rss_mib(proc: psutil.Process) -> float:
@@ -149,6 +175,18 @@ def spread(values: Sequence[float]) -> dict[str, float]:
         "median": percentile(ordered, 50),
         "max": ordered[-1],
     }
+
+
+def describe_busy(results: dict[str, Any]) -> str:
+    before, after = results["busy_before"], results["busy_after"]
+    text = (
+        f"machine load average {before['load_average_1m']} before, "
+        f"{after['load_average_1m']} after; lark-mcp processes of other programs: "
+        f"{before['foreign_lark_mcp']} before, {after['foreign_lark_mcp']} after"
+    )
+    if max(before["foreign_lark_mcp"], after["foreign_lark_mcp"]) or before["load_average_1m"] > 1:
+        text += " (the machine was not quiet: expect noisy figures)"
+    return text
 
 
 def fmt(value: object, digits: int = 1) -> str:

@@ -2,8 +2,8 @@
 
 The gateway runs as its own process (so its RSS and CPU are its own) with settings from
 environment variables, exactly as an operator would start it, pointed at the emulator.
-The benchmark reads the gateway's store read-only to learn which child serves which user and
-that user's current access token, so that it can call the same child directly.
+The benchmark reads the gateway's store read-only to learn which child serves which user, and
+gets a token of that user from the emulator, so that it can call the same child directly.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import psutil
 from _procs import ProcessSet, Started, free_port
 
-from larkgate.crypto import Sealer, decode_key, new_key_text
 from larkgate.emulator import EmulatorConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +59,38 @@ async def wait_for(
 class Emulator:
     started: Started
     url: str
+
+
+async def emulator_token(http: httpx.AsyncClient, emulator: Emulator, login: str) -> str:
+    """A fresh user access token for ``login``, from the emulator's own code flow.
+
+    lark-mcp forwards whatever Bearer token it is given, so a token of the same user from a
+    second grant calls Feishu exactly as the gateway's does.
+    """
+    redirect = "http://127.0.0.1:9/benchmark"
+    authorize = await http.get(
+        f"{emulator.url}/open-apis/authen/v1/authorize",
+        params={
+            "client_id": EMULATOR_APP.app_id,
+            "response_type": "code",
+            "redirect_uri": redirect,
+            "scope": "offline_access",
+            "state": "benchmark",
+            "emulator_user": login,
+        },
+    )
+    code = parse_qs(urlsplit(authorize.headers["location"]).query)["code"][0]
+    token = await http.post(
+        f"{emulator.url}/open-apis/authen/v2/oauth/token",
+        json={
+            "grant_type": "authorization_code",
+            "client_id": EMULATOR_APP.app_id,
+            "client_secret": EMULATOR_APP.app_secret,
+            "code": code,
+            "redirect_uri": redirect,
+        },
+    )
+    return str(token.json()["access_token"])
 
 
 async def start_emulator(procs: ProcessSet, http: httpx.AsyncClient, users: int) -> Emulator:
@@ -99,13 +131,12 @@ class GatewayProcess:
         emulator: Emulator,
         data_dir: Path,
         name: str = "gateway",
+        extra_env: dict[str, str] | None = None,
         **settings: object,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
-        self._key_text = new_key_text()
-        self._sealer = Sealer(decode_key(self._key_text))
         values: dict[str, object] = {
             "app_id": EMULATOR_APP.app_id,
             "app_secret": EMULATOR_APP.app_secret,
@@ -115,13 +146,13 @@ class GatewayProcess:
             "host": "127.0.0.1",
             "port": self.port,
             "data_dir": str(data_dir),
-            "encryption_key": self._key_text,
             "lark_mcp_cli": str(LARK_MCP_CLI),
             **settings,
         }
-        self.settings = {k: v for k, v in values.items() if k not in ("encryption_key",)}
+        self.settings = values
         env = {k: v for k, v in os.environ.items() if not k.startswith("LARKGATE_")}
         env.update({f"LARKGATE_{k.upper()}": _env_value(v) for k, v in values.items()})
+        env.update(extra_env or {})
         script = Path(sys.executable).parent / "larkgate"
         argv = (
             [str(script), "serve"]
@@ -168,13 +199,6 @@ class GatewayProcess:
         """open_id -> (pid, port) of each user's child."""
         rows = self._query("SELECT pid, port, user_id FROM children WHERE user_id IS NOT NULL")
         return {str(user): (int(pid), int(port)) for pid, port, user in rows}
-
-    def access_token(self, open_id: str) -> str:
-        rows = self._query("SELECT tokens FROM users WHERE user_id = ?", (open_id,))
-        if not rows or rows[0][0] is None:
-            raise RuntimeError(f"user {open_id} has no stored tokens")
-        tokens = json.loads(self._sealer.open_sealed(rows[0][0], open_id))
-        return str(tokens["access_token"])
 
     def children(self) -> list[psutil.Process]:
         return [p for p in self.started.descendants() if _is_node(p)]

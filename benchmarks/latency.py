@@ -1,18 +1,20 @@
-"""Per-call latency the gateway adds, and the memory of the gateway and its children.
+"""Per-call latency the gateway adds, and the memory of the gateway and of its children.
 
 One run, all on 127.0.0.1: the Feishu emulator and `larkgate serve` as separate processes,
 N emulated users logged in through the real OAuth flow, each with a Streamable HTTP session
-and an HTTP+SSE session. Every user calls ``im_v1_chat_list`` (which reaches the emulator)
-back to back, one call in flight per user, in three ways taking turns round by round:
+and an HTTP+SSE session. Every user calls ``im_v1_chat_list`` (which reaches the emulator),
+one call in flight per user, in three ways that take turns round by round:
 
-- ``direct``: POST to the user's own lark-mcp child with the user's token (the floor);
-- ``streamable``: through the gateway's ``/mcp``;
-- ``sse``: through the gateway's ``/sse`` + ``/messages``.
+  direct      POST to the user's own lark-mcp child with a token of that user (the floor)
+  streamable  through the gateway's /mcp
+  sse         through the gateway's /sse + /messages
 
+Two load shapes: ``closed`` (every user calls back to back, which saturates 2 cores at 20
+users) and ``paced`` (calls arrive at random times at --rate calls/s over all users).
 RSS of the gateway and of each child is taken idle, sampled under load, and after it.
 
-    .venv/bin/python benchmarks/latency.py                 # 1 and 20 users, ~1.5 min
-    .venv/bin/python benchmarks/latency.py --users 1,20,100 --rounds 5
+  .venv/bin/python benchmarks/latency.py                   # 1 and 20 users, ~3 min
+  .venv/bin/python benchmarks/latency.py --users 1,20,50 --rounds 5
 """
 
 from __future__ import annotations
@@ -39,22 +41,26 @@ from _clients import (
 )
 from _procs import ProcessSet
 from _report import (
+    MIB,
     PeakSampler,
     Samples,
-    closed_loop,
     cpu_seconds,
+    describe_busy,
+    machine_busy,
     markdown_table,
     rss_mib,
+    run_load,
     save_json,
     spread,
     uss_mib,
 )
-from _stack import Emulator, GatewayProcess, machine_facts, start_emulator
+from _stack import Emulator, GatewayProcess, emulator_token, machine_facts, start_emulator
 from emulator_server import bench_login
 
 from larkgate.emulator.config import make_user
 
 MODES = ("direct", "streamable", "sse")
+MODE_NAMES = {"direct": "child direct", "streamable": "gateway /mcp", "sse": "gateway /sse"}
 CHATS_PATH = "/open-apis/im/v1/chats"
 FIT_IN_GIB = 24
 SETUP_CONCURRENCY = 4
@@ -89,32 +95,77 @@ class ModeResult:
     gateway_peak_mib: float = 0.0
     child_peaks_mib: dict[int, float] = field(default_factory=dict)
     feishu_calls: int = 0
-    feishu_wrong_user: int = 0
+    feishu_not_as_caller: int = 0
+
+    def merge(self, other: ModeResult) -> None:
+        self.samples.add(other.samples)
+        self.gateway_cpu_s += other.gateway_cpu_s
+        self.children_cpu_s += other.children_cpu_s
+        self.emulator_cpu_s += other.emulator_cpu_s
+        self.gateway_peak_mib = max(self.gateway_peak_mib, other.gateway_peak_mib)
+        for pid, peak in other.child_peaks_mib.items():
+            self.child_peaks_mib[pid] = max(self.child_peaks_mib.get(pid, 0.0), peak)
+        self.feishu_calls += other.feishu_calls
+        self.feishu_not_as_caller += other.feishu_not_as_caller
+
+    def summary(self) -> dict[str, Any]:
+        summary = self.samples.summary()
+        calls = max(1, self.feishu_calls)
+        summary.update(
+            gateway_cpu_ms_per_call=self.gateway_cpu_s / calls * 1000,
+            child_cpu_ms_per_call=self.children_cpu_s / calls * 1000,
+            emulator_cpu_ms_per_call=self.emulator_cpu_s / calls * 1000,
+            gateway_peak_rss_mib=self.gateway_peak_mib,
+            child_peak_rss_mib=spread(list(self.child_peaks_mib.values())),
+            feishu_calls=self.feishu_calls,
+            feishu_calls_not_as_caller=self.feishu_not_as_caller,
+        )
+        return summary
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--users", default="1,20", help="comma-separated user counts [1,20]")
     parser.add_argument(
-        "--users", default="1,20", help="comma-separated user counts (default 1,20)"
+        "--loads",
+        default="auto",
+        help="closed, paced or both (comma-separated); auto: closed at 1 user, both above",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs every mode once")
+    parser.add_argument("--rate", type=float, default=40.0, help="paced: calls/s, all users [40]")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs every path once")
     parser.add_argument(
         "--calls",
         type=int,
         default=0,
-        help="measured calls per user per mode per round (default: 150 at 1 user, 20 above)",
+        help="closed: measured calls per user per path per round [150 at 1 user, else 15]",
+    )
+    parser.add_argument(
+        "--paced-calls", type=int, default=10, help="paced: calls per user per path per round"
     )
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured calls per user per run")
     parser.add_argument("--modes", default=",".join(MODES), help="subset of direct,streamable,sse")
-    parser.add_argument("--warm-spares", type=int, default=1, help="gateway warm_spares setting")
+    parser.add_argument("--warm-spares", type=int, default=1, help="gateway warm_spares [1]")
     parser.add_argument(
         "--setting",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="any other gateway setting, e.g. child_heap_mb=192 (repeatable)",
+        help="another gateway setting, e.g. child_heap_mb=192 (repeatable)",
+    )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the gateway process only, e.g. PYTHONPATH=... (repeatable)",
+    )
+    parser.add_argument(
+        "--child-mib",
+        type=float,
+        default=320.0,
+        help="RSS to budget per child; user counts that do not fit in memory are skipped [320]",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary data and logs")
     return parser.parse_args()
@@ -123,8 +174,8 @@ def parse_args() -> argparse.Namespace:
 def gateway_settings(args: argparse.Namespace, most_users: int) -> dict[str, object]:
     settings: dict[str, object] = {
         "warm_spares": args.warm_spares,
-        # A spare counts against max_instances, and a newcomer arriving while a spare is
-        # still starting evicts an idle user's child; leave room so no user is evicted.
+        # A spare counts against max_instances, and a newcomer arriving while a spare is still
+        # starting evicts an idle user's child (see the report); leave room for the spares.
         "max_instances": max(20, most_users + args.warm_spares),
         "child_timeout": 60.0,
     }
@@ -132,6 +183,12 @@ def gateway_settings(args: argparse.Namespace, most_users: int) -> dict[str, obj
         name, _, value = item.partition("=")
         settings[name.strip().lower()] = value
     return settings
+
+
+def loads_for(args: argparse.Namespace, users: int) -> list[str]:
+    if args.loads == "auto":
+        return ["closed"] if users == 1 else ["paced", "closed"]
+    return [load for load in args.loads.split(",") if load in ("closed", "paced")]
 
 
 async def set_up_user(
@@ -152,21 +209,21 @@ async def set_up_user(
     return user
 
 
-def attach_direct(
-    http: httpx.AsyncClient, gateway: GatewayProcess, users: list[BenchUser]
+async def attach_direct(
+    http: httpx.AsyncClient, emulator: Emulator, gateway: GatewayProcess, users: list[BenchUser]
 ) -> None:
     children = gateway.user_children()
     for user in users:
         if user.open_id not in children:
             raise RuntimeError(f"{user.login} has no child any more (evicted or crashed?)")
         pid, port = children[user.open_id]
-        token = gateway.access_token(user.open_id)
+        token = await emulator_token(http, emulator, user.login)
         user.child_pid = pid
         user.direct = DirectChild(http, f"http://127.0.0.1:{port}/mcp", token)
 
 
 async def feishu_calls(http: httpx.AsyncClient, emulator: Emulator) -> list[dict[str, Any]]:
-    """The chat-list calls the emulator saw since the last look, then forgets them."""
+    """The chat-list calls the emulator saw since the last look; then it forgets them."""
     response = await http.get(
         f"{emulator.url}/_emulator/calls", params={"path_prefix": CHATS_PATH}
     )
@@ -183,6 +240,7 @@ async def run_mode(
     mode: str,
     per_user: int,
     warmup: int,
+    rate: float | None,
 ) -> ModeResult:
     gateway_proc = psutil.Process(gateway.pid)
     children = [psutil.Process(u.child_pid) for u in users]
@@ -199,12 +257,14 @@ async def run_mode(
 
     before = (cpu_seconds([gateway_proc]), cpu_seconds(children), cpu_seconds([emulator_proc]))
     with PeakSampler(lambda: [gateway_proc, *children]) as sampler:
-        samples = await closed_loop([caller(u) for u in users], per_user, warmup)
+        samples = await run_load([caller(u) for u in users], per_user, warmup, rate)
     after = (cpu_seconds([gateway_proc]), cpu_seconds(children), cpu_seconds([emulator_proc]))
 
+    # Every call must have reached Feishu, as the user who made it, with a user token.
     seen = await feishu_calls(http, emulator)
     expected = Counter({u.open_id: per_user + warmup for u in users})
     got = Counter(c["open_id"] for c in seen)
+    wrong = sum((got - expected).values()) + sum(c["token_kind"] != "user" for c in seen)
     return ModeResult(
         samples=samples,
         gateway_cpu_s=after[0] - before[0],
@@ -213,22 +273,27 @@ async def run_mode(
         gateway_peak_mib=sampler.peaks.get(gateway.pid, math.nan),
         child_peaks_mib={p.pid: sampler.peaks.get(p.pid, math.nan) for p in children},
         feishu_calls=len(seen),
-        feishu_wrong_user=sum((got - expected).values())
-        + sum(c["token_kind"] != "user" for c in seen),
+        feishu_not_as_caller=wrong,
     )
 
 
 def memory_snapshot(gateway: GatewayProcess, users: list[BenchUser]) -> dict[str, Any]:
     children = [psutil.Process(u.child_pid) for u in users]
     gateway_proc = psutil.Process(gateway.pid)
+    nodes = gateway.children()
     return {
         "gateway_rss_mib": rss_mib(gateway_proc),
         "gateway_uss_mib": uss_mib(gateway_proc),
         "child_rss_mib": spread([rss_mib(p) for p in children]),
         "child_uss_mib": spread([uss_mib(p) for p in children]),
-        "all_node_rss_mib": sum(rss_mib(p) for p in gateway.children()),
-        "node_processes": len(gateway.children()),
+        "all_children_rss_mib": sum(rss_mib(p) for p in nodes),
+        "children_running": len(nodes),
     }
+
+
+def fits_in_memory(args: argparse.Namespace, users: int) -> bool:
+    need = (users + args.warm_spares + 1) * args.child_mib * MIB
+    return need < psutil.virtual_memory().available * 0.9
 
 
 async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -236,11 +301,23 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     modes = [m for m in args.modes.split(",") if m in MODES]
     procs = ProcessSet(work / "logs")
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=2000)
-    results: dict[str, Any] = {"machine": machine_facts(), "args": vars(args), "runs": []}
+    results: dict[str, Any] = {
+        "machine": machine_facts(),
+        "busy_before": machine_busy(),
+        "args": vars(args),
+        "runs": [],
+        "skipped": [],
+    }
     async with httpx.AsyncClient(trust_env=False, timeout=120, limits=limits) as http:
         emulator = await start_emulator(procs, http, max(counts))
-        settings = gateway_settings(args, max(counts))
-        gateway = GatewayProcess(procs, emulator, work / "data", **settings)
+        extra_env = dict(item.partition("=")[::2] for item in args.gateway_env)
+        gateway = GatewayProcess(
+            procs,
+            emulator,
+            work / "data",
+            extra_env=extra_env,
+            **gateway_settings(args, max(counts)),
+        )
         results["gateway_settings"] = gateway.settings
         await gateway.wait_ready(http)
         await asyncio.sleep(1)
@@ -251,167 +328,140 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         gate = asyncio.Semaphore(SETUP_CONCURRENCY)
         try:
             for count in counts:
+                if not fits_in_memory(args, count):
+                    print(f"[bench] skipping {count} users: {args.child_mib:g} MiB each won't fit")
+                    results["skipped"].append(count)
+                    continue
+                print(f"[bench] logging in users {len(users)}..{count - 1}, starting children")
                 new = range(len(users), count)
-                print(
-                    f"[bench] logging in users {len(users)}..{count - 1}, starting their children"
-                )
                 users += await asyncio.gather(*(set_up_user(http, gateway, i, gate) for i in new))
-                attach_direct(http, gateway, users)
+                await attach_direct(http, emulator, gateway, users)
                 await gateway.wait_ready(http)
                 await asyncio.sleep(2)
-                run: dict[str, Any] = {
-                    "users": count,
-                    "idle_before": memory_snapshot(gateway, users),
-                }
-                per_user = args.calls or (150 if count == 1 else 20)
-                by_mode = {m: ModeResult() for m in modes}
-                for round_no in range(args.rounds):
-                    order = modes[round_no % len(modes) :] + modes[: round_no % len(modes)]
-                    for mode in order:
-                        got = await run_mode(
-                            http, emulator, gateway, users[:count], mode, per_user, args.warmup
-                        )
-                        merge(by_mode[mode], got)
-                    print(f"[bench] {count} users: round {round_no + 1}/{args.rounds} done")
-                await asyncio.sleep(2)
-                run["idle_after"] = memory_snapshot(gateway, users)
-                run["modes"] = {m: mode_summary(r) for m, r in by_mode.items()}
-                run["first_call_ms_at_setup"] = spread(
-                    [u.first_call_s * 1000 for u in users[:count]]
-                )
+                run = await measure_count(args, http, emulator, gateway, users[:count], modes)
                 results["runs"].append(run)
         finally:
             for user in users:
                 await user.sse.close()
                 await user.streamable.close()
+            results["busy_after"] = machine_busy()
             procs.stop_all()
     return results
 
 
-def merge(into: ModeResult, got: ModeResult) -> None:
-    into.samples.add(got.samples)
-    into.gateway_cpu_s += got.gateway_cpu_s
-    into.children_cpu_s += got.children_cpu_s
-    into.emulator_cpu_s += got.emulator_cpu_s
-    into.gateway_peak_mib = max(into.gateway_peak_mib, got.gateway_peak_mib)
-    for pid, peak in got.child_peaks_mib.items():
-        into.child_peaks_mib[pid] = max(into.child_peaks_mib.get(pid, 0.0), peak)
-    into.feishu_calls += got.feishu_calls
-    into.feishu_wrong_user += got.feishu_wrong_user
+async def measure_count(
+    args: argparse.Namespace,
+    http: httpx.AsyncClient,
+    emulator: Emulator,
+    gateway: GatewayProcess,
+    users: list[BenchUser],
+    modes: list[str],
+) -> dict[str, Any]:
+    count = len(users)
+    run: dict[str, Any] = {"users": count, "idle_before": memory_snapshot(gateway, users)}
+    run["first_call_ms_at_setup"] = spread([u.first_call_s * 1000 for u in users])
+    run["loads"] = {}
+    for load in loads_for(args, count):
+        rate = args.rate if load == "paced" else None
+        per_user = args.paced_calls if rate else (args.calls or (150 if count == 1 else 15))
+        warmup = 1 if rate else args.warmup
+        by_mode = {m: ModeResult() for m in modes}
+        for round_no in range(args.rounds):
+            turn = round_no % len(modes)
+            for mode in modes[turn:] + modes[:turn]:
+                got = await run_mode(http, emulator, gateway, users, mode, per_user, warmup, rate)
+                by_mode[mode].merge(got)
+            print(f"[bench] {count} users, {load}: round {round_no + 1}/{args.rounds} done")
+        run["loads"][load] = {m: r.summary() for m, r in by_mode.items()}
+    await asyncio.sleep(2)
+    run["idle_after"] = memory_snapshot(gateway, users)
+    return run
 
 
-def mode_summary(result: ModeResult) -> dict[str, Any]:
-    summary = result.samples.summary()
-    calls = max(1, result.feishu_calls)
-    summary.update(
-        gateway_cpu_ms_per_call=result.gateway_cpu_s / calls * 1000,
-        child_cpu_ms_per_call=result.children_cpu_s / calls * 1000,
-        emulator_cpu_ms_per_call=result.emulator_cpu_s / calls * 1000,
-        gateway_peak_rss_mib=result.gateway_peak_mib,
-        child_peak_rss_mib=spread(list(result.child_peaks_mib.values())),
-        feishu_calls=result.feishu_calls,
-        feishu_calls_not_as_caller=result.feishu_wrong_user,
-    )
-    return summary
+def latency_table(results: dict[str, Any]) -> str:
+    rows = []
+    for run in results["runs"]:
+        for load, modes in run["loads"].items():
+            floor = modes.get("direct")
+            shape = "back to back" if load == "closed" else f"{results['args']['rate']:g}/s"
+            for mode, m in modes.items():
+                added = ["-", "-"]
+                if floor and mode != "direct":
+                    added = [
+                        f"{m['p50_ms'] - floor['p50_ms']:+.1f}",
+                        f"{m['p99_ms'] - floor['p99_ms']:+.1f}",
+                    ]
+                rows.append(
+                    [
+                        run["users"],
+                        shape,
+                        MODE_NAMES[mode],
+                        m["calls"],
+                        m["errors"],
+                        m["p50_ms"],
+                        m["p99_ms"],
+                        *added,
+                        m["calls_per_s"],
+                        f"{m['gateway_cpu_ms_per_call']:.2f}",
+                        f"{m['child_cpu_ms_per_call']:.1f}",
+                    ]
+                )
+    header = [
+        "users",
+        "load",
+        "path",
+        "calls",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+        "added p50",
+        "added p99",
+        "calls/s",
+        "gateway CPU ms/call",
+        "child CPU ms/call",
+    ]
+    return markdown_table(header, rows)
 
 
-def print_tables(results: dict[str, Any]) -> None:
-    latency_rows = []
-    memory_rows = []
+def memory_table(results: dict[str, Any]) -> str:
     idle = results["gateway_idle_no_users"]
-    memory_rows.append(
-        ["gateway", "idle, no user (default child + spares up)", idle["gateway_rss_mib"], "", ""]
-    )
+    rows: list[list[object]] = [
+        ["gateway", "no user yet (default child and spare up)", idle["gateway_rss_mib"], "", ""]
+    ]
     for run in results["runs"]:
         n = run["users"]
-        modes = run["modes"]
-        floor = modes.get("direct")
-        for mode, m in modes.items():
-            added50 = m["p50_ms"] - floor["p50_ms"] if floor and mode != "direct" else math.nan
-            added99 = m["p99_ms"] - floor["p99_ms"] if floor and mode != "direct" else math.nan
-            latency_rows.append(
-                [
-                    n,
-                    {
-                        "direct": "lark-mcp child direct",
-                        "streamable": "gateway /mcp",
-                        "sse": "gateway /sse",
-                    }[mode],
-                    m["calls"],
-                    m["errors"],
-                    m["p50_ms"],
-                    m["p99_ms"],
-                    "-" if mode == "direct" else f"{added50:+.1f}",
-                    "-" if mode == "direct" else f"{added99:+.1f}",
-                    m["calls_per_s"],
-                    f"{m['gateway_cpu_ms_per_call']:.2f}",
-                    f"{m['child_cpu_ms_per_call']:.2f}",
-                ]
-            )
         before, after = run["idle_before"], run["idle_after"]
-        peak_gateway = max(m["gateway_peak_rss_mib"] for m in modes.values())
-        peak_child = max(m["child_peak_rss_mib"]["max"] for m in modes.values())
-        peak_child_median = max(m["child_peak_rss_mib"]["median"] for m in modes.values())
-        memory_rows += [
+        all_modes = [m for modes in run["loads"].values() for m in modes.values()]
+        peak_gateway = max(m["gateway_peak_rss_mib"] for m in all_modes)
+        peak_child = max(m["child_peak_rss_mib"]["max"] for m in all_modes)
+        peak_child_median = max(m["child_peak_rss_mib"]["median"] for m in all_modes)
+        b_rss, b_uss = before["child_rss_mib"], before["child_uss_mib"]
+        a_rss, a_uss = after["child_rss_mib"], after["child_uss_mib"]
+        rows += [
             ["gateway", f"{n} users logged in, idle", before["gateway_rss_mib"], "", ""],
             ["gateway", f"{n} users, peak under load", peak_gateway, "", ""],
-            ["gateway", f"{n} users, idle after load", after["gateway_rss_mib"], "", ""],
+            ["gateway", f"{n} users, after load", after["gateway_rss_mib"], "", ""],
             [
-                "user child (each)",
-                f"{n} users, idle after first call",
-                before["child_rss_mib"]["median"],
-                before["child_rss_mib"]["max"],
-                before["child_uss_mib"]["median"],
+                "each user child",
+                f"{n} users, after first call",
+                b_rss["median"],
+                b_rss["max"],
+                b_uss["median"],
             ],
+            ["each user child", f"{n} users, peak under load", peak_child_median, peak_child, ""],
             [
-                "user child (each)",
-                f"{n} users, peak under load",
-                peak_child_median,
-                peak_child,
-                "",
-            ],
-            [
-                "user child (each)",
-                f"{n} users, idle after load",
-                after["child_rss_mib"]["median"],
-                after["child_rss_mib"]["max"],
-                after["child_uss_mib"]["median"],
+                "each user child",
+                f"{n} users, after load",
+                a_rss["median"],
+                a_rss["max"],
+                a_uss["median"],
             ],
         ]
-        fit = (
-            math.floor((FIT_IN_GIB * 1024 - peak_gateway - 300) / peak_child) if peak_child else 0
+        # USS is what one more child costs; RSS also counts the code all children share.
+        run["users_fit_in_24gib"] = math.floor(
+            (FIT_IN_GIB * 1024 - peak_gateway - peak_child) / max(a_uss["max"], 1.0)
         )
-        run["users_fit_in_24gib_by_peak_child_rss"] = fit
-    print("\n### Added latency per tools/call (im_v1_chat_list, reaches the emulator)\n")
-    print(
-        markdown_table(
-            [
-                "users",
-                "path",
-                "calls",
-                "errors",
-                "p50 ms",
-                "p99 ms",
-                "added p50",
-                "added p99",
-                "calls/s",
-                "gateway CPU ms/call",
-                "child CPU ms/call",
-            ],
-            latency_rows,
-        )
-    )
-    print("\n### Memory (MiB)\n")
-    print(
-        markdown_table(
-            ["process", "state", "RSS (median)", "RSS max", "USS (median)"], memory_rows
-        )
-    )
-    for run in results["runs"]:
-        print(
-            f"\n{run['users']} users: about {run['users_fit_in_24gib_by_peak_child_rss']} users "
-            f"fit in {FIT_IN_GIB} GiB at the peak child RSS seen here"
-        )
+    return markdown_table(["process", "state", "RSS median", "RSS max", "USS median"], rows)
 
 
 def main() -> None:
@@ -420,13 +470,22 @@ def main() -> None:
     try:
         results = asyncio.run(measure(args, work))
     finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
+        if args.keep:
             print(f"[bench] data and logs kept in {work}")
-    print_tables(results)
-    path = save_json("latency", results)
-    print(f"\nJSON: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\n### Latency per tools/call (im_v1_chat_list, reaching the emulator)\n")
+    print(latency_table(results))
+    print("\n### Memory (MiB)\n")
+    print(memory_table(results))
+    print()
+    for run in results["runs"]:
+        print(
+            f"- {run['users']} users: about {run['users_fit_in_24gib']} children fit in "
+            f"{FIT_IN_GIB} GiB (by the largest USS after load)"
+        )
+    print(f"- {describe_busy(results)}")
+    print(f"\nJSON: {save_json('latency', results)}")
 
 
 if __name__ == "__main__":

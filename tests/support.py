@@ -58,6 +58,8 @@ def gateway_settings(data_dir: Path, emulator: RunningEmulator, **overrides: Any
         "stop_grace": 2.0,
         "health_interval": 1.0,
         "restart_backoff": 0.1,
+        # Most tests drive the login-link flow on /mcp; tests/authserver/ ask for the default.
+        "mcp_auth": "login_link",
     }
     values.update(overrides)
     return load_settings(**values)

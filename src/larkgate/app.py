@@ -15,13 +15,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import __version__, errors
+from .authserver import AuthServer
 from .clock import Clock
-from .config import ConfigError, Settings
-from .crypto import Sealer, decode_key, load_or_create_key_file
+from .config import Settings
 from .feishu.keeper import TokenKeeper
 from .feishu.oauth import FeishuOAuth
+from .feishu.renewal import RenewalJob
 from .instances.pool import InstancePool
 from .instances.spawner import Spawner, StartFailed
+from .keys import open_store
 from .login import LoginRoutes
 from .store import Store
 from .transports.router import Router, Unavailable
@@ -34,33 +36,6 @@ log = logging.getLogger(__name__)
 TOOLS_LIST = {"jsonrpc": "2.0", "id": "larkgate-tools", "method": "tools/list"}
 
 
-def make_sealer(settings: Settings) -> Sealer:
-    text = settings.encryption_key.get_secret_value()
-    if text:
-        try:
-            return Sealer(decode_key(text))
-        except ValueError as exc:
-            raise ConfigError(f"setting LARKGATE_ENCRYPTION_KEY is invalid: {exc}") from None
-    key_file = settings.data_dir / "secret.key"
-    try:
-        return Sealer(load_or_create_key_file(key_file))
-    except ValueError as exc:
-        raise ConfigError(f"key file {key_file} is invalid: {exc}") from None
-
-
-def open_store(settings: Settings) -> Store:
-    """The store, refusing a key that does not open what is already sealed there."""
-    sealer = make_sealer(settings)
-    store = Store(settings.data_dir / "larkgate.db", sealer)
-    if not store.check_key():
-        store.close()
-        raise ConfigError(
-            "setting LARKGATE_ENCRYPTION_KEY does not open the existing store "
-            f"{settings.data_dir / 'larkgate.db'}: wrong key"
-        )
-    return store
-
-
 @dataclass
 class Gateway:
     """Every long-lived part of a running gateway, for the routes and the admin paths."""
@@ -71,10 +46,12 @@ class Gateway:
     http: httpx.AsyncClient
     pool: InstancePool
     keeper: TokenKeeper
+    renewal: RenewalJob
     oauth: FeishuOAuth
     sessions: SessionTable
     router: Router
     login: LoginRoutes
+    auth: AuthServer
     loop: asyncio.AbstractEventLoop | None = None
 
 
@@ -89,16 +66,21 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
     pool = InstancePool(settings, Spawner(settings, http), store)
     oauth = FeishuOAuth(settings, http, clock)
     keeper = TokenKeeper(settings, store, oauth, clock)
+    renewal = RenewalJob(settings, store, keeper, clock)
     sessions = SessionTable(settings, store)
     router = Router(settings, store, pool, keeper, http)
-    login = LoginRoutes(settings, store, sessions, oauth)
-    return Gateway(settings, clock, store, http, pool, keeper, oauth, sessions, router, login)
+    login = LoginRoutes(settings, store, sessions, oauth, clock)
+    auth = AuthServer(settings, store, login, clock)
+    return Gateway(
+        settings, clock, store, http, pool, keeper, renewal, oauth, sessions, router, login, auth
+    )
 
 
 def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
     gateway = build_gateway(settings, clock)
-    streamable = StreamableEndpoint(settings, gateway.sessions, gateway.router)
-    sse = SseEndpoints(settings, gateway.sessions, gateway.router, gateway.pool)
+    guard = gateway.auth.guard
+    streamable = StreamableEndpoint(settings, gateway.sessions, gateway.router, guard)
+    sse = SseEndpoints(settings, gateway.sessions, gateway.router, gateway.pool, guard)
 
     async def tools(request: Request) -> Response:
         try:
@@ -136,13 +118,17 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
         gateway.loop = asyncio.get_running_loop()
         await gateway.pool.start()
         sweeper = asyncio.create_task(_sweep_sessions(gateway))
+        renewing = asyncio.create_task(gateway.renewal.run(), name="token-renewal")
         log.info("LarkGate %s serving at %s", __version__, settings.public_url)
         try:
             yield
         finally:
             sweeper.cancel()
+            renewing.cancel()
             await gateway.pool.close()
+            await gateway.keeper.close(timeout=settings.feishu_timeout)
             await gateway.http.aclose()
+            gateway.auth.close()
             gateway.store.close()
             log.info("LarkGate stopped; every child was stopped")
 
@@ -155,6 +141,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
         Route("/oauth/callback", gateway.login.callback, methods=["GET"]),
         Route("/tools", tools, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        *gateway.auth.routes(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gateway

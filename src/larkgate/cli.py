@@ -59,6 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.set_defaults(run=_doctor)
 
+    rotate = commands.add_parser(
+        "rotate-key",
+        help="seal every stored token under a new key; a running gateway follows without restart",
+        description=textwrap.dedent(
+            """\
+            Without LARKGATE_ENCRYPTION_KEY: writes a new key file into <data_dir>/keys, makes it
+            the primary key and re-seals every record under it. A gateway running on the same
+            data directory picks the new key up by itself. Old key files stay readable until
+            --retire removes the ones no record uses any more.
+            With LARKGATE_ENCRYPTION_KEY: set it to the new key, list the old one in
+            LARKGATE_PREVIOUS_ENCRYPTION_KEYS, restart the gateway, then run this to re-seal."""
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rotate.add_argument(
+        "--retire", action="store_true", help="remove key files that no record uses afterwards"
+    )
+    rotate.set_defaults(run=_rotate_key)
+
     settings_cmd = commands.add_parser("settings", help="print every setting with its help")
     settings_cmd.add_argument(
         "--markdown", action="store_true", help="print the README's settings table"
@@ -153,6 +172,14 @@ def settings_table() -> str:
         shown = default if default not in ("", "None", "[]") else ""
         rows.append(f"| `{env}` | {shown} | {help_text} |")
     return "\n".join(rows)
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    from .keys import rotate_key_command
+
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return rotate_key_command(settings, retire=args.retire)
 
 
 def _print_settings(args: argparse.Namespace) -> int:

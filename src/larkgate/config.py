@@ -7,6 +7,7 @@ Environment variables are the field names upper-cased with the ``LARKGATE_`` pre
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,12 @@ CONFIG_FILE_ENV = "LARKGATE_CONFIG"
 LARK_MCP_VERSION = "0.5.1"
 _LARK_MCP_ENTRY = "node_modules/@larksuiteoapi/lark-mcp/dist/cli.js"
 
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+_NEVER_REDIRECT_SCHEMES = frozenset(
+    {"http", "https", "javascript", "data", "vbscript", "file"}
+    | {"blob", "about", "ftp", "ws", "wss"}
+)
+
 _BRAND_HOSTS = {
     "feishu": ("https://open.feishu.cn", "https://accounts.feishu.cn"),
     "lark": ("https://open.larksuite.com", "https://accounts.larksuite.com"),
@@ -34,6 +41,13 @@ _BRAND_HOSTS = {
 class Brand(StrEnum):
     FEISHU = "feishu"
     LARK = "lark"
+
+
+class EndpointAuth(StrEnum):
+    """What an MCP endpoint does with a request that carries no credential."""
+
+    OAUTH = "oauth"  # answer 401 so that OAuth-capable clients log in by themselves
+    LOGIN_LINK = "login_link"  # open an anonymous session whose tool calls answer a login link
 
 
 class TokenApi(StrEnum):
@@ -156,23 +170,62 @@ class Settings(BaseSettings):
     token_calls_per_minute: int = Field(
         600, ge=1, le=1000, description="Most OAuth calls a minute to Feishu (it allows 1000/app)"
     )
-    keepalive_share: float = Field(
+    renewal_share: float = Field(
         0.5, gt=0, le=1, description="Share of those calls background renewals may use at most"
     )
-    keepalive_before: float = Field(
+    renewal_before: float = Field(
         172800.0, gt=0, description="Renew an idle user's refresh token this long before expiry, s"
     )
-    keepalive_spread: float = Field(
+    renewal_spread: float = Field(
         21600.0, ge=0, description="Spread idle users' renewals over this many seconds (jitter)"
     )
-    keepalive_interval: float = Field(
+    renewal_interval: float = Field(
         300.0, gt=0, description="Seconds between passes of the background renewal job"
     )
-    keepalive_concurrency: int = Field(
+    renewal_concurrency: int = Field(
         4, ge=1, description="Renewals the background job runs at the same time"
     )
     reap_interval: float = Field(30.0, gt=0, description="Seconds between idle sweeps")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    # LarkGate as an OAuth 2.1 authorization server, and personal access keys
+    mcp_auth: EndpointAuth = Field(
+        EndpointAuth.OAUTH,
+        description="/mcp without a credential: oauth (401, clients log in) or login_link",
+    )
+    sse_auth: EndpointAuth = Field(
+        EndpointAuth.LOGIN_LINK,
+        description="/sse without a credential: oauth (401, clients log in) or login_link",
+    )
+    oauth_access_token_ttl: float = Field(
+        3600.0, gt=0, description="Seconds an access token issued to an MCP client stays valid"
+    )
+    oauth_refresh_token_ttl: float = Field(
+        30 * 86400.0,
+        gt=0,
+        description="Seconds an unused refresh token stays valid; use rotates it",
+    )
+    oauth_code_ttl: float = Field(
+        60.0, gt=0, le=600, description="Seconds a single-use authorization code stays valid"
+    )
+    oauth_unused_client_ttl: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds a registered client that never logged anyone in is kept",
+    )
+    oauth_redirect_schemes: list[str] = Field(
+        default_factory=list,
+        description="Private-use redirect URI schemes accepted besides https and loopback http",
+    )
+    auth_rate_limit: int = Field(
+        30, ge=1, description="Requests a minute one address may make to each login/OAuth endpoint"
+    )
+    web_session_ttl: float = Field(
+        3600.0, gt=0, description="Seconds a browser login to the access key page lasts"
+    )
+    max_access_keys: int = Field(
+        10, ge=1, description="Most personal access keys one user may hold"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -196,6 +249,16 @@ class Settings(BaseSettings):
         if value and urlsplit(value).scheme not in ("http", "https"):
             raise ValueError("must start with http:// or https://")
         return value
+
+    @field_validator("oauth_redirect_schemes")
+    @classmethod
+    def _schemes(cls, value: list[str]) -> list[str]:
+        schemes = [v.strip().lower().rstrip(":") for v in value if v.strip()]
+        for scheme in schemes:
+            # Web, script and data schemes would let a registration send codes to a page.
+            if scheme in _NEVER_REDIRECT_SCHEMES or not _SCHEME.fullmatch(scheme):
+                raise ValueError(f"{scheme!r} cannot be a private-use redirect scheme")
+        return schemes
 
     @field_validator("lark_language")
     @classmethod

@@ -3,6 +3,9 @@
 A sealed record is ``kid(8) || nonce(12) || ciphertext+tag``. The key id lets several keys
 coexist during a rotation; the associated data binds a record to its owner (the user id), so
 a record copied under another user fails to open instead of yielding that user's token.
+
+Where keys come from is a `KeySource`: fixed keys for tests and the key setting, key files that
+a rotation changes under a running gateway (see `larkgate.keys`).
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import secrets
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -26,8 +30,9 @@ class SealError(Exception):
     """A sealed record could not be opened: wrong key, wrong owner, or damaged."""
 
 
-def key_id(key: bytes) -> bytes:
-    return hashlib.sha256(b"larkgate-kid" + key).hexdigest()[:KID_BYTES].encode()
+def key_id(key: bytes) -> str:
+    """A short public name for a key: it says which key sealed a record, not the key."""
+    return hashlib.sha256(b"larkgate-kid" + key).hexdigest()[:KID_BYTES]
 
 
 def decode_key(text: str) -> bytes:
@@ -40,50 +45,95 @@ def decode_key(text: str) -> bytes:
     return key
 
 
-def new_key_text() -> str:
-    return base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()
+def encode_key(key: bytes) -> str:
+    return base64.b64encode(key).decode()
 
 
-def load_or_create_key_file(path: Path) -> bytes:
-    """Read the key file, or create it with mode 0600 on first start."""
-    if path.exists():
-        return decode_key(path.read_text())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(new_key_text() + "\n")
-    return decode_key(path.read_text())
+def new_key() -> bytes:
+    return secrets.token_bytes(KEY_BYTES)
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """The keys a sealer may open with, by key id, and the id of the one it seals with."""
+
+    primary: str
+    keys: Mapping[str, bytes] = field(repr=False)
+
+    @classmethod
+    def of(cls, primary: bytes, *others: bytes) -> KeySet:
+        return cls(key_id(primary), {key_id(k): k for k in (primary, *others)})
+
+
+class KeySource(Protocol):
+    def current(self) -> KeySet:
+        """The keys now; cheap enough to ask before every seal."""
+        ...
+
+    def reload(self) -> KeySet:
+        """Read the keys again: a record names a key id this process has not seen yet."""
+        ...
+
+
+class StaticKeys:
+    """Keys that never change while the process runs (the key setting, tests)."""
+
+    def __init__(self, keys: KeySet) -> None:
+        self._keys = keys
+
+    def current(self) -> KeySet:
+        return self._keys
+
+    def reload(self) -> KeySet:
+        return self._keys
 
 
 class Sealer:
-    """Seals with the primary key; opens with any key it knows (old ones during rotation)."""
+    """Seals with the source's primary key; opens with any key the source knows."""
 
-    def __init__(self, primary: bytes, others: tuple[bytes, ...] = ()) -> None:
-        self._primary_kid = key_id(primary)
-        self._keys = {key_id(k): AESGCM(k) for k in (primary, *others)}
+    def __init__(self, source: KeySource) -> None:
+        self._source = source
+        self._aeads: dict[tuple[str, bytes], AESGCM] = {}
+
+    @classmethod
+    def from_keys(cls, primary: bytes, *others: bytes) -> Sealer:
+        return cls(StaticKeys(KeySet.of(primary, *others)))
 
     @property
     def primary_kid(self) -> str:
-        return self._primary_kid.decode()
+        return self._source.current().primary
+
+    def knows(self, kid: str) -> bool:
+        return kid in self._source.current().keys or kid in self._source.reload().keys
 
     def seal(self, plaintext: bytes, owner: str) -> bytes:
+        keys = self._source.current()
         nonce = secrets.token_bytes(NONCE_BYTES)
-        sealed = self._keys[self._primary_kid].encrypt(nonce, plaintext, owner.encode())
-        return self._primary_kid + nonce + sealed
+        sealed = self._aead(keys.primary, keys.keys[keys.primary]).encrypt(
+            nonce, plaintext, owner.encode()
+        )
+        return keys.primary.encode() + nonce + sealed
 
     def open_sealed(self, record: bytes, owner: str) -> bytes:
-        kid, nonce, body = (
-            record[:KID_BYTES],
-            record[KID_BYTES : KID_BYTES + NONCE_BYTES],
-            record[KID_BYTES + NONCE_BYTES :],
-        )
-        aead = self._keys.get(kid)
-        if aead is None:
-            raise SealError(f"sealed with unknown key id {kid.decode(errors='replace')}")
+        kid = self.record_kid(record)
+        nonce = record[KID_BYTES : KID_BYTES + NONCE_BYTES]
+        body = record[KID_BYTES + NONCE_BYTES :]
+        key = self._source.current().keys.get(kid)
+        if key is None:
+            # A rotation in another process may have added a key since this one last looked.
+            key = self._source.reload().keys.get(kid)
+        if key is None:
+            raise SealError(f"sealed with unknown key id {kid}")
         try:
-            return aead.decrypt(nonce, body, owner.encode())
+            return self._aead(kid, key).decrypt(nonce, body, owner.encode())
         except InvalidTag:
-            raise SealError("record does not open with this key and owner") from None
+            raise SealError(f"record does not open with key {kid} for this owner") from None
+
+    def _aead(self, kid: str, key: bytes) -> AESGCM:
+        aead = self._aeads.get((kid, key))
+        if aead is None:
+            aead = self._aeads[(kid, key)] = AESGCM(key)
+        return aead
 
     @staticmethod
     def record_kid(record: bytes) -> str:

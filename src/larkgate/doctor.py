@@ -81,11 +81,11 @@ def run_checks(settings: Settings) -> int:
         report(False, "lark-mcp", str(exc))
     report(*_data_dir_writable(settings.data_dir))
     key_set = bool(settings.encryption_key.get_secret_value())
-    key_file = settings.data_dir / "secret.key"
+    key_file = settings.keys_dir / "primary"
     report(
         key_set or key_file.exists() or os.access(settings.data_dir, os.W_OK),
         "encryption key: "
-        + ("from the setting" if key_set else f"{key_file} (created at first start)"),
+        + ("from the setting" if key_set else f"key files in {settings.keys_dir} (made at start)"),
         f"set {ENV_PREFIX}ENCRYPTION_KEY or make {settings.data_dir} writable",
     )
     for name in ("app_id", "app_secret", "public_url"):

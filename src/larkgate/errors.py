@@ -32,7 +32,17 @@ LOGIN_REQUIRED = "login_required"
 LOGIN_STATE_INVALID = "login_state_invalid"
 LOGIN_CANCELLED = "login_cancelled"
 LOGIN_FAILED = "login_failed"
+LOGIN_SCOPE_INVALID = "login_scope_invalid"
 REDIRECT_URI_MISMATCH = "redirect_uri_mismatch"
+
+# LarkGate's own credentials (OAuth access tokens, personal access keys) and the pages around them
+CREDENTIAL_REQUIRED = "credential_required"
+INVALID_CREDENTIAL = "invalid_credential"
+RATE_LIMITED = "rate_limited"
+AUTHORIZATION_INVALID = "authorization_invalid"
+AUTHORIZATION_EXPIRED = "authorization_expired"
+OTHER_BROWSER = "other_browser"
+FORM_EXPIRED = "form_expired"
 
 
 def rpc_error(

@@ -16,13 +16,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .crypto import Sealer
+from .crypto import Sealer, SealError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS users (
     name TEXT NOT NULL DEFAULT '',
     tokens BLOB,
     token_version INTEGER NOT NULL DEFAULT 0,
+    refresh_expires_at REAL,
     needs_login TEXT,
     created_at REAL NOT NULL,
     last_seen_at REAL NOT NULL
@@ -61,6 +62,28 @@ CREATE TABLE IF NOT EXISTS children (
 CANARY_KEY = "key_canary"
 CANARY_OWNER = "larkgate:canary"
 
+# Columns added after a store was first created: (table, column, declaration).
+_ADDED_COLUMNS = (("users", "refresh_expires_at", "REAL"),)
+
+
+@dataclass(frozen=True)
+class _SealedColumn:
+    """A column of sealed blobs, with how to find a row and whose record it is."""
+
+    table: str
+    key: str
+    blob: str
+    owner: Callable[[str], str]
+    where: str = "1"
+
+
+# Every sealed value in the store; a key rotation walks exactly these.
+_SEALED_COLUMNS = (
+    _SealedColumn("users", "user_id", "tokens", lambda user_id: user_id),
+    _SealedColumn("login_states", "digest", "verifier", lambda state_digest: state_digest),
+    _SealedColumn("meta", "key", "value", lambda _key: CANARY_OWNER, f"key = '{CANARY_KEY}'"),
+)
+
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
@@ -68,7 +91,11 @@ def digest(secret: str) -> str:
 
 @dataclass(frozen=True)
 class Tokens:
-    """A user's Feishu tokens; times are local epoch seconds when each one stops working."""
+    """A user's Feishu tokens; times are local epoch seconds when each one stops working.
+
+    An empty ``refresh_token`` means Feishu gave none (no offline access): the access token
+    is all there is until it expires. ``obtained_at`` is when the access token was asked for.
+    """
 
     access_token: str
     access_expires_at: float
@@ -76,13 +103,28 @@ class Tokens:
     refresh_expires_at: float = 0.0
     scope: str = ""
     authorized_at: float = 0.0
+    obtained_at: float = 0.0
+
+    @property
+    def refreshable(self) -> bool:
+        return bool(self.refresh_token)
 
     def to_json(self) -> bytes:
-        return json.dumps(self.__dict__).encode()
+        return json.dumps(asdict(self)).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> Tokens:
-        return cls(**json.loads(raw))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(raw).items() if k in known})
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """What the store holds for one user's login; ``tokens`` is None once logged out."""
+
+    tokens: Tokens | None
+    version: int
+    needs_login: str | None
 
 
 @dataclass(frozen=True)
@@ -119,7 +161,15 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        self._add_new_columns()
         path.chmod(0o600)
+
+    def _add_new_columns(self) -> None:
+        with self._tx() as db:
+            for table, column, declaration in _ADDED_COLUMNS:
+                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -142,10 +192,17 @@ class Store:
             cur.row_factory = sqlite3.Row
             return list(cur.fetchall())
 
-    # -- key check -------------------------------------------------------------------------
+    # -- keys ------------------------------------------------------------------------------
 
     def check_key(self) -> bool:
-        """True when the store was sealed with a key the sealer knows (or is new)."""
+        """True when the store was sealed with keys the sealer knows (or is new)."""
+        return self.key_problem() is None
+
+    def key_problem(self) -> str | None:
+        """Why the sealer cannot open this store, in words naming the key ids; None if it can.
+
+        Run at start, so a wrong key is a clear refusal then instead of failed logins later.
+        """
         rows = self._query("SELECT value FROM meta WHERE key = ?", (CANARY_KEY,))
         if not rows:
             with self._tx() as db:
@@ -153,12 +210,58 @@ class Store:
                     "INSERT OR IGNORE INTO meta VALUES (?, ?)",
                     (CANARY_KEY, self._sealer.seal(b"ok", CANARY_OWNER)),
                 )
-            return True
+        unknown = sorted(kid for kid in self.kids_in_use() if not self._sealer.knows(kid))
+        if unknown:
+            return (
+                f"the store {self.path} holds records sealed with key id {', '.join(unknown)}, "
+                "which no configured key has"
+            )
+        canary = self._query("SELECT value FROM meta WHERE key = ?", (CANARY_KEY,))[0]["value"]
         try:
-            self._sealer.open_sealed(rows[0]["value"], CANARY_OWNER)
-        except Exception:
-            return False
-        return True
+            self._sealer.open_sealed(canary, CANARY_OWNER)
+        except SealError as exc:
+            return f"the store {self.path} does not open: {exc}"
+        return None
+
+    def kids_in_use(self) -> set[str]:
+        """The key ids that sealed at least one record."""
+        kids: set[str] = set()
+        for column in _SEALED_COLUMNS:
+            rows = self._query(
+                f"SELECT DISTINCT substr({column.blob}, 1, 8) AS kid FROM {column.table} "  # noqa: S608 - names come from _SEALED_COLUMNS
+                f"WHERE {column.blob} IS NOT NULL AND {column.where}"
+            )
+            kids.update(bytes(r["kid"]).decode(errors="replace") for r in rows)
+        return kids
+
+    def reseal(self) -> int:
+        """Seal every record again under the primary key; returns how many changed.
+
+        Each record is swapped only if it is still the blob that was read, so a token the
+        gateway writes meanwhile is never overwritten. Token versions do not change: a
+        refresh in flight must still be able to store its answer.
+        """
+        primary = self._sealer.primary_kid
+        changed = 0
+        for column in _SEALED_COLUMNS:
+            rows = self._query(
+                f"SELECT {column.key} AS k, {column.blob} AS b FROM {column.table} "  # noqa: S608 - names come from _SEALED_COLUMNS
+                f"WHERE {column.blob} IS NOT NULL AND {column.where}"
+            )
+            for row in rows:
+                old = bytes(row["b"])
+                if Sealer.record_kid(old) == primary:
+                    continue
+                owner = column.owner(row["k"])
+                new = self._sealer.seal(self._sealer.open_sealed(old, owner), owner)
+                with self._tx() as db:
+                    cur = db.execute(
+                        f"UPDATE {column.table} SET {column.blob} = ? "  # noqa: S608 - names come from _SEALED_COLUMNS
+                        f"WHERE {column.key} = ? AND {column.blob} = ?",
+                        (new, row["k"], old),
+                    )
+                    changed += cur.rowcount
+        return changed
 
     # -- users and tokens ------------------------------------------------------------------
 
@@ -170,32 +273,73 @@ class Store:
         with self._tx() as db:
             db.execute(
                 """INSERT INTO users (user_id, union_id, tenant_key, name, tokens, token_version,
-                       needs_login, created_at, last_seen_at)
-                   VALUES (?, ?, ?, ?, ?, 1, NULL, ?, ?)
+                       refresh_expires_at, needs_login, created_at, last_seen_at)
+                   VALUES (?, ?, ?, ?, ?, 1, ?, NULL, ?, ?)
                    ON CONFLICT(user_id) DO UPDATE SET union_id=excluded.union_id,
                        tenant_key=excluded.tenant_key, name=excluded.name, tokens=excluded.tokens,
-                       token_version=users.token_version + 1, needs_login=NULL,
+                       token_version=users.token_version + 1,
+                       refresh_expires_at=excluded.refresh_expires_at, needs_login=NULL,
                        last_seen_at=excluded.last_seen_at""",
-                (user_id, union_id, tenant_key, name, sealed, now, now),
+                (user_id, union_id, tenant_key, name, sealed, _renewal_deadline(tokens), now, now),
             )
 
-    def load_tokens(self, user_id: str) -> tuple[Tokens, int] | None:
-        rows = self._query("SELECT tokens, token_version FROM users WHERE user_id = ?", (user_id,))
-        if not rows or rows[0]["tokens"] is None:
+    def token_record(self, user_id: str) -> TokenRecord | None:
+        """The user's login as stored; raises SealError if the sealed record does not open."""
+        rows = self._query(
+            "SELECT tokens, token_version, needs_login FROM users WHERE user_id = ?", (user_id,)
+        )
+        if not rows:
             return None
-        raw = self._sealer.open_sealed(rows[0]["tokens"], user_id)
-        return Tokens.from_json(raw), int(rows[0]["token_version"])
+        row = rows[0]
+        tokens = None
+        if row["tokens"] is not None:
+            tokens = Tokens.from_json(self._sealer.open_sealed(row["tokens"], user_id))
+        return TokenRecord(tokens, int(row["token_version"]), row["needs_login"])
+
+    def load_tokens(self, user_id: str) -> tuple[Tokens, int] | None:
+        record = self.token_record(user_id)
+        if record is None or record.tokens is None:
+            return None
+        return record.tokens, record.version
 
     def replace_tokens(self, user_id: str, tokens: Tokens, expected_version: int) -> bool:
-        """Compare-and-swap: store new tokens only if nobody else replaced them since."""
+        """Compare-and-swap: store new tokens only if nobody else replaced them since.
+
+        One transaction, committed with a full sync before this returns: once it says True,
+        the new refresh token survives a crash, and the old one is gone from the store.
+        """
         sealed = self._sealer.seal(tokens.to_json(), user_id)
         with self._tx() as db:
             cur = db.execute(
                 """UPDATE users SET tokens = ?, token_version = token_version + 1,
-                       needs_login = NULL WHERE user_id = ? AND token_version = ?""",
-                (sealed, user_id, expected_version),
+                       refresh_expires_at = ?, needs_login = NULL
+                   WHERE user_id = ? AND token_version = ?""",
+                (sealed, _renewal_deadline(tokens), user_id, expected_version),
             )
             return cur.rowcount == 1
+
+    def note_renewal_deadline(self, user_id: str, tokens: Tokens) -> None:
+        """Record when the user's refresh token expires, for a record stored before we kept it."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE users SET refresh_expires_at = ? WHERE user_id = ?",
+                (_renewal_deadline(tokens), user_id),
+            )
+
+    def users_to_renew(self, horizon: float) -> list[tuple[str, float | None]]:
+        """Users whose refresh token expires before ``horizon`` (soonest first), or unknown.
+
+        Returns (user_id, refresh expiry or None when the store does not know it yet).
+        """
+        rows = self._query(
+            """SELECT user_id, refresh_expires_at FROM users
+               WHERE tokens IS NOT NULL AND needs_login IS NULL
+                 AND (refresh_expires_at IS NULL
+                      OR (refresh_expires_at > 0 AND refresh_expires_at <= ?))
+               ORDER BY refresh_expires_at IS NOT NULL, refresh_expires_at""",
+            (horizon,),
+        )
+        return [(r["user_id"], r["refresh_expires_at"]) for r in rows]
 
     def mark_needs_login(self, user_id: str, reason: str) -> None:
         with self._tx() as db:
@@ -287,19 +431,31 @@ class Store:
     # -- login states ----------------------------------------------------------------------
 
     def put_login_state(
-        self, state: str, session_id: str, verifier: str, expires_at: float
+        self,
+        state: str,
+        session_id: str,
+        verifier: str,
+        expires_at: float,
+        now: float | None = None,
     ) -> None:
         state_digest = digest(state)
         sealed = self._sealer.seal(verifier.encode(), state_digest)
         with self._tx() as db:
-            db.execute("DELETE FROM login_states WHERE expires_at < ?", (time.time(),))
+            db.execute(
+                "DELETE FROM login_states WHERE expires_at < ?",
+                (time.time() if now is None else now,),
+            )
             db.execute(
                 "INSERT INTO login_states VALUES (?, ?, ?, ?)",
                 (state_digest, digest(session_id), sealed, expires_at),
             )
 
-    def take_login_state(self, state: str) -> tuple[str, str] | None:
-        """Consume a login state once: (session digest, PKCE verifier), or None."""
+    def take_login_state(self, state: str, now: float | None = None) -> tuple[str, str] | None:
+        """Consume a login state once: (session digest, PKCE verifier), or None.
+
+        The state is deleted by any attempt that names it, so even a refused (expired) one
+        cannot be tried again.
+        """
         state_digest = digest(state)
         with self._tx() as db:
             cur = db.execute(
@@ -308,7 +464,7 @@ class Store:
                 (state_digest,),
             )
             row = cur.fetchone()
-        if row is None or row[2] < time.time():
+        if row is None or row[2] <= (time.time() if now is None else now):
             return None
         verifier = self._sealer.open_sealed(row[1], state_digest).decode()
         return str(row[0]), verifier
@@ -329,6 +485,11 @@ class Store:
     def list_children(self) -> list[tuple[int, int, str | None]]:
         rows = self._query("SELECT pid, port, user_id FROM children")
         return [(int(r["pid"]), int(r["port"]), r["user_id"]) for r in rows]
+
+
+def _renewal_deadline(tokens: Tokens) -> float:
+    """When the background renewal must act by; 0 means never (there is no refresh token)."""
+    return tokens.refresh_expires_at if tokens.refreshable else 0.0
 
 
 def _user(row: sqlite3.Row) -> UserRecord:

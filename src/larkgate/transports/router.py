@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
 from .. import __version__, errors
 from ..config import Settings
 from ..feishu.keeper import NeedsLogin, TokenKeeper, TryAgain
+from ..feishu.oauth import parse_scopes
 from ..instances.pool import InstanceFailed, InstancePool, user_key
 from ..instances.spawner import MCP_HEADERS, Child, StartFailed
 from ..store import Store
@@ -28,7 +31,8 @@ log = logging.getLogger(__name__)
 SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 TOKEN_REJECTED = ("99991668", "99991677")
 SCOPE_MISSING = "99991679"
-_PRIVILEGES = re.compile(r"privileges?:\s*\[([^\]]*)\]")
+# Feishu names the missing scopes in brackets after "privileges" (or "scopes ... required").
+_PRIVILEGES = re.compile(r"(?:privilege|scope)s?\b[^\[\]\n]{0,60}\[([^\]]*)\]", re.IGNORECASE)
 
 
 class Unavailable(Exception):
@@ -58,8 +62,9 @@ class Router:
         self._keeper = keeper
         self._http = http
 
-    def login_link(self, session_id: str) -> str:
-        return f"{self._settings.public_url}/oauth/start?sessionId={session_id}"
+    def login_link(self, session_id: str, scopes: Sequence[str] = ()) -> str:
+        query = {"sessionId": session_id} | ({"scope": " ".join(scopes)} if scopes else {})
+        return f"{self._settings.public_url}/oauth/start?{urlencode(query)}"
 
     async def handle(self, caller: Caller, message: Any) -> Any:
         """The reply to one JSON-RPC message or batch; None when nothing is owed."""
@@ -141,8 +146,10 @@ class Router:
             },
         }
 
-    def _login_result(self, caller: Caller, request_id: Any, why: str) -> dict[str, Any]:
-        link = self.login_link(caller.session_id)
+    def _login_result(
+        self, caller: Caller, request_id: Any, why: str, scopes: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        link = self.login_link(caller.session_id, scopes)
         text = (
             f"Login required ({errors.LOGIN_REQUIRED}): {why}. Open this link in a browser to log "
             f"in to Feishu, then call the tool again: {link}"
@@ -180,6 +187,7 @@ class Router:
                     caller,
                     message.get("id"),
                     f"this tool needs Feishu permissions you have not granted ({missing})",
+                    _scope_names(missing),
                 )
             return reply
 
@@ -216,6 +224,14 @@ def _parse_child_reply(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(reply, dict):
         raise Unavailable("unexpected answer")
     return reply
+
+
+def _scope_names(text: str) -> list[str]:
+    """The scope names Feishu listed, for the login link; none if they do not parse."""
+    try:
+        return parse_scopes(text)
+    except ValueError:
+        return []
 
 
 def _feishu_verdict(reply: dict[str, Any]) -> str | None:

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from .. import errors
+from ..authserver.bearer import EndpointGuard
 from ..config import Settings
 from ..instances.pool import InstancePool, PoolBusy
 from .common import Rejected, check_origin, http_error, new_session_id, read_json_body
@@ -33,19 +34,26 @@ STREAM_QUEUE_LIMIT = 256
 
 class SseEndpoints:
     def __init__(
-        self, settings: Settings, sessions: SessionTable, router: Router, pool: InstancePool
+        self,
+        settings: Settings,
+        sessions: SessionTable,
+        router: Router,
+        pool: InstancePool,
+        guard: EndpointGuard,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._router = router
         self._pool = pool
+        self._guard = guard
 
     async def open_stream(self, request: Request) -> Response:
         try:
             check_origin(request, self._settings)
+            credential = self._guard.authenticate(request, "sse")
         except Rejected as rejected:
             return rejected.response
-        session = self._sessions.create(TRANSPORT, new_session_id())
+        session = self._guard.open_session(self._sessions, TRANSPORT, new_session_id(), credential)
         session.stream = asyncio.Queue(STREAM_QUEUE_LIMIT)
         return StreamingResponse(
             self._events(session),
@@ -85,6 +93,7 @@ class SseEndpoints:
     async def post_message(self, request: Request) -> Response:
         try:
             check_origin(request, self._settings)
+            credential = self._guard.authenticate(request, "messages")
             session_id = request.query_params.get("sessionId")
             if not session_id:
                 return http_error(
@@ -93,6 +102,7 @@ class SseEndpoints:
             session = self._sessions.get(session_id, TRANSPORT)
             if session is None or session.stream is None:
                 return http_error(404, errors.UNKNOWN_SESSION, "unknown or ended session")
+            self._guard.admit(session, credential, "messages")
             message = await read_json_body(request, self._settings)
         except Rejected as rejected:
             return rejected.response

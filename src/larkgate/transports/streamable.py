@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import errors
+from ..authserver.bearer import Credential, EndpointGuard
 from ..config import Settings
 from ..instances.pool import PoolBusy
 from .common import Rejected, check_origin, http_error, new_session_id, read_json_body
@@ -27,26 +28,35 @@ log = logging.getLogger(__name__)
 SESSION_HEADER = "mcp-session-id"
 VERSION_HEADER = "mcp-protocol-version"
 TRANSPORT = "streamable"
+ENDPOINT = "mcp"
 
 
 class StreamableEndpoint:
-    def __init__(self, settings: Settings, sessions: SessionTable, router: Router) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: SessionTable,
+        router: Router,
+        guard: EndpointGuard,
+    ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._router = router
+        self._guard = guard
 
     async def handle(self, request: Request) -> Response:
         try:
             check_origin(request, self._settings)
+            credential = self._guard.authenticate(request, ENDPOINT)
             if request.method == "POST":
-                return await self._post(request)
+                return await self._post(request, credential)
             if request.method == "DELETE":
-                return self._delete(request)
+                return self._delete(request, credential)
             return Response(status_code=405, headers={"Allow": "POST, DELETE"})
         except Rejected as rejected:
             return rejected.response
 
-    async def _post(self, request: Request) -> Response:
+    async def _post(self, request: Request, credential: Credential | None) -> Response:
         accept = request.headers.get("accept", "")
         if "application/json" not in accept or "text/event-stream" not in accept:
             return http_error(
@@ -71,12 +81,13 @@ class StreamableEndpoint:
             if not _is_initialize(message):
                 return _no_session_answer(message)
             session_id = new_session_id()
-            self._sessions.create(TRANSPORT, session_id)
+            self._guard.open_session(self._sessions, TRANSPORT, session_id, credential)
             headers["Mcp-Session-Id"] = session_id
         else:
             session = self._sessions.get(session_id, TRANSPORT)
             if session is None:
                 return http_error(404, errors.UNKNOWN_SESSION, "unknown or ended session")
+            self._guard.admit(session, credential, ENDPOINT)
             if _is_initialize(message):
                 return http_error(400, errors.ALREADY_INITIALIZED, "session already initialized")
         session = self._sessions.get(session_id, TRANSPORT)
@@ -100,12 +111,14 @@ class StreamableEndpoint:
             return Response(status_code=202, headers=headers)
         return Response(json.dumps(reply), media_type="application/json", headers=headers)
 
-    def _delete(self, request: Request) -> Response:
+    def _delete(self, request: Request, credential: Credential | None) -> Response:
         session_id = request.headers.get(SESSION_HEADER)
         if session_id is None:
             return http_error(400, errors.SESSION_REQUIRED, "Mcp-Session-Id header required")
-        if self._sessions.get(session_id, TRANSPORT) is None:
+        session = self._sessions.get(session_id, TRANSPORT)
+        if session is None:
             return http_error(404, errors.UNKNOWN_SESSION, "unknown or ended session")
+        self._guard.admit(session, credential, ENDPOINT)
         self._sessions.end(session_id)
         return Response(status_code=204)
 
