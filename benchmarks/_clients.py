@@ -23,6 +23,18 @@ CHAT_LIST = "im_v1_chat_list"
 LOGIN_LINK = re.compile(r"https?://[^\s\"']+/oauth/start\?sessionId=[A-Za-z0-9_-]+")
 
 
+def load_client() -> httpx.AsyncClient:
+    """The benchmark's one HTTP client.
+
+    Its idle connections close after 2 s, before the servers' own 5 s keep-alive timeout
+    (uvicorn's and Node's default), so that no call races a server closing the connection.
+    """
+    limits = httpx.Limits(
+        max_connections=None, max_keepalive_connections=2000, keepalive_expiry=2.0
+    )
+    return httpx.AsyncClient(trust_env=False, timeout=120, limits=limits)
+
+
 class CallFailed(Exception):
     """A reply that is not a successful tool result, or no reply at all."""
 

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _clients import StreamableSession, check_tool_reply, play_browser_login, tool_call
+from _clients import (
+    StreamableSession,
+    check_tool_reply,
+    load_client,
+    play_browser_login,
+    tool_call,
+)
 from _procs import ProcessSet
 from _report import (
     Samples,
@@ -162,7 +168,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "scenarios": [],
     }
     people = Newcomers()
-    async with httpx.AsyncClient(trust_env=False, timeout=120) as http:
+    async with load_client() as http:
         try:
             emulator = await start_emulator(procs, http, total)
             plan = [

@@ -25,6 +25,7 @@ import math
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from _clients import (
     SseSession,
     StreamableSession,
     check_tool_reply,
+    load_client,
     play_browser_login,
     tool_call,
 )
@@ -66,6 +68,18 @@ FIT_IN_GIB = 24
 SETUP_CONCURRENCY = 4
 
 
+Client = StreamableSession | SseSession | DirectChild
+
+
+@dataclass
+class Route:
+    """One way for a user to reach lark-mcp: the client, the proxy in front, the child behind."""
+
+    client: Client
+    front_pid: int | None
+    child_pid: int
+
+
 @dataclass
 class BenchUser:
     login: str
@@ -73,38 +87,35 @@ class BenchUser:
     name: str
     streamable: StreamableSession
     sse: SseSession
-    direct: DirectChild | None = None
     child_pid: int = 0
     first_call_s: float = math.nan
-
-    def client(self, mode: str) -> StreamableSession | SseSession | DirectChild:
-        if mode == "streamable":
-            return self.streamable
-        if mode == "sse":
-            return self.sse
-        assert self.direct is not None
-        return self.direct
+    routes: dict[str, Route] = field(default_factory=dict)
 
 
 @dataclass
 class ModeResult:
     samples: Samples = field(default_factory=Samples)
-    gateway_cpu_s: float = 0.0
+    front_cpu_s: float = 0.0
     children_cpu_s: float = 0.0
     emulator_cpu_s: float = 0.0
     gateway_peak_mib: float = 0.0
+    front_peaks_mib: dict[int, float] = field(default_factory=dict)
     child_peaks_mib: dict[int, float] = field(default_factory=dict)
     feishu_calls: int = 0
     feishu_not_as_caller: int = 0
 
     def merge(self, other: ModeResult) -> None:
         self.samples.add(other.samples)
-        self.gateway_cpu_s += other.gateway_cpu_s
+        self.front_cpu_s += other.front_cpu_s
         self.children_cpu_s += other.children_cpu_s
         self.emulator_cpu_s += other.emulator_cpu_s
         self.gateway_peak_mib = max(self.gateway_peak_mib, other.gateway_peak_mib)
-        for pid, peak in other.child_peaks_mib.items():
-            self.child_peaks_mib[pid] = max(self.child_peaks_mib.get(pid, 0.0), peak)
+        for mine, theirs in (
+            (self.front_peaks_mib, other.front_peaks_mib),
+            (self.child_peaks_mib, other.child_peaks_mib),
+        ):
+            for pid, peak in theirs.items():
+                mine[pid] = max(mine.get(pid, 0.0), peak)
         self.feishu_calls += other.feishu_calls
         self.feishu_not_as_caller += other.feishu_not_as_caller
 
@@ -112,10 +123,11 @@ class ModeResult:
         summary = self.samples.summary()
         calls = max(1, self.feishu_calls)
         summary.update(
-            gateway_cpu_ms_per_call=self.gateway_cpu_s / calls * 1000,
+            proxy_cpu_ms_per_call=self.front_cpu_s / calls * 1000,
             child_cpu_ms_per_call=self.children_cpu_s / calls * 1000,
             emulator_cpu_ms_per_call=self.emulator_cpu_s / calls * 1000,
             gateway_peak_rss_mib=self.gateway_peak_mib,
+            proxy_peak_rss_mib=spread(list(self.front_peaks_mib.values())),
             child_peak_rss_mib=spread(list(self.child_peaks_mib.values())),
             feishu_calls=self.feishu_calls,
             feishu_calls_not_as_caller=self.feishu_not_as_caller,
@@ -123,9 +135,9 @@ class ModeResult:
         return summary
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser(description: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--users", default="1,20", help="comma-separated user counts [1,20]")
     parser.add_argument(
@@ -168,7 +180,7 @@ def parse_args() -> argparse.Namespace:
         help="RSS to budget per child; user counts that do not fit in memory are skipped [320]",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary data and logs")
-    return parser.parse_args()
+    return parser
 
 
 def gateway_settings(args: argparse.Namespace, most_users: int) -> dict[str, object]:
@@ -219,7 +231,10 @@ async def attach_direct(
         pid, port = children[user.open_id]
         token = await emulator_token(http, emulator, user.login)
         user.child_pid = pid
-        user.direct = DirectChild(http, f"http://127.0.0.1:{port}/mcp", token)
+        direct = DirectChild(http, f"http://127.0.0.1:{port}/mcp", token)
+        user.routes["direct"] = Route(direct, None, pid)
+        user.routes["streamable"] = Route(user.streamable, gateway.pid, pid)
+        user.routes["sse"] = Route(user.sse, gateway.pid, pid)
 
 
 async def feishu_calls(http: httpx.AsyncClient, emulator: Emulator) -> list[dict[str, Any]]:
@@ -242,23 +257,26 @@ async def run_mode(
     warmup: int,
     rate: float | None,
 ) -> ModeResult:
-    gateway_proc = psutil.Process(gateway.pid)
-    children = [psutil.Process(u.child_pid) for u in users]
+    routes = [u.routes[mode] for u in users]
+    fronts = [psutil.Process(pid) for pid in {r.front_pid for r in routes} if pid is not None]
+    children = [psutil.Process(r.child_pid) for r in routes]
     emulator_proc = psutil.Process(emulator.started.pid)
+    gateway_proc = psutil.Process(gateway.pid)
     await feishu_calls(http, emulator)
 
     def caller(user: BenchUser) -> Any:
-        client = user.client(mode)
+        client = user.routes[mode].client
 
         async def call(seq: int) -> None:
             check_tool_reply(await client.call(tool_call(seq)), user.name)
 
         return call
 
-    before = (cpu_seconds([gateway_proc]), cpu_seconds(children), cpu_seconds([emulator_proc]))
-    with PeakSampler(lambda: [gateway_proc, *children]) as sampler:
+    watched = [gateway_proc, *fronts, *children]
+    before = (cpu_seconds(fronts), cpu_seconds(children), cpu_seconds([emulator_proc]))
+    with PeakSampler(lambda: watched) as sampler:
         samples = await run_load([caller(u) for u in users], per_user, warmup, rate)
-    after = (cpu_seconds([gateway_proc]), cpu_seconds(children), cpu_seconds([emulator_proc]))
+    after = (cpu_seconds(fronts), cpu_seconds(children), cpu_seconds([emulator_proc]))
 
     # Every call must have reached Feishu, as the user who made it, with a user token.
     seen = await feishu_calls(http, emulator)
@@ -267,10 +285,11 @@ async def run_mode(
     wrong = sum((got - expected).values()) + sum(c["token_kind"] != "user" for c in seen)
     return ModeResult(
         samples=samples,
-        gateway_cpu_s=after[0] - before[0],
+        front_cpu_s=after[0] - before[0],
         children_cpu_s=after[1] - before[1],
         emulator_cpu_s=after[2] - before[2],
         gateway_peak_mib=sampler.peaks.get(gateway.pid, math.nan),
+        front_peaks_mib={p.pid: sampler.peaks.get(p.pid, math.nan) for p in fronts},
         child_peaks_mib={p.pid: sampler.peaks.get(p.pid, math.nan) for p in children},
         feishu_calls=len(seen),
         feishu_not_as_caller=wrong,
@@ -291,24 +310,36 @@ def memory_snapshot(gateway: GatewayProcess, users: list[BenchUser]) -> dict[str
     }
 
 
-def fits_in_memory(args: argparse.Namespace, users: int) -> bool:
-    need = (users + args.warm_spares + 1) * args.child_mib * MIB
+def fits_in_memory(args: argparse.Namespace, users: int, children_per_user: int) -> bool:
+    need = (users * children_per_user + args.warm_spares + 1) * args.child_mib * MIB
     return need < psutil.virtual_memory().available * 0.9
 
 
-async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+AttachMore = Callable[
+    [httpx.AsyncClient, Emulator, ProcessSet, Path, list[BenchUser]], Awaitable[None]
+]
+
+
+async def measure(
+    args: argparse.Namespace,
+    work: Path,
+    known_modes: dict[str, str] = MODE_NAMES,
+    attach_more: AttachMore | None = None,
+    children_per_user: int = 1,
+) -> dict[str, Any]:
+    """The whole run; ``attach_more`` adds routes (other proxies) to newly set-up users."""
     counts = sorted({int(n) for n in args.users.split(",") if n.strip()})
-    modes = [m for m in args.modes.split(",") if m in MODES]
+    modes = [m for m in args.modes.split(",") if m in known_modes]
     procs = ProcessSet(work / "logs")
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=2000)
     results: dict[str, Any] = {
         "machine": machine_facts(),
         "busy_before": machine_busy(),
         "args": vars(args),
         "runs": [],
         "skipped": [],
+        "mode_names": known_modes,
     }
-    async with httpx.AsyncClient(trust_env=False, timeout=120, limits=limits) as http:
+    async with load_client() as http:
         emulator = await start_emulator(procs, http, max(counts))
         extra_env = dict(item.partition("=")[::2] for item in args.gateway_env)
         gateway = GatewayProcess(
@@ -328,22 +359,26 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         gate = asyncio.Semaphore(SETUP_CONCURRENCY)
         try:
             for count in counts:
-                if not fits_in_memory(args, count):
+                if not fits_in_memory(args, count, children_per_user):
                     print(f"[bench] skipping {count} users: {args.child_mib:g} MiB each won't fit")
                     results["skipped"].append(count)
                     continue
                 print(f"[bench] logging in users {len(users)}..{count - 1}, starting children")
                 new = range(len(users), count)
-                users += await asyncio.gather(*(set_up_user(http, gateway, i, gate) for i in new))
+                added = await asyncio.gather(*(set_up_user(http, gateway, i, gate) for i in new))
+                users += added
                 await attach_direct(http, emulator, gateway, users)
+                if attach_more is not None:
+                    await attach_more(http, emulator, procs, work, list(added))
                 await gateway.wait_ready(http)
                 await asyncio.sleep(2)
                 run = await measure_count(args, http, emulator, gateway, users[:count], modes)
                 results["runs"].append(run)
         finally:
-            for user in users:
-                await user.sse.close()
-                await user.streamable.close()
+            clients = {id(c): c for u in users for c in (u.sse, u.streamable)}
+            clients.update({id(r.client): r.client for u in users for r in u.routes.values()})
+            for client in clients.values():
+                await client.close()
             results["busy_after"] = machine_busy()
             procs.stop_all()
     return results
@@ -395,14 +430,14 @@ def latency_table(results: dict[str, Any]) -> str:
                     [
                         run["users"],
                         shape,
-                        MODE_NAMES[mode],
+                        results["mode_names"][mode],
                         m["calls"],
                         m["errors"],
                         m["p50_ms"],
                         m["p99_ms"],
                         *added,
                         m["calls_per_s"],
-                        f"{m['gateway_cpu_ms_per_call']:.2f}",
+                        f"{m['proxy_cpu_ms_per_call']:.2f}",
                         f"{m['child_cpu_ms_per_call']:.1f}",
                     ]
                 )
@@ -417,7 +452,7 @@ def latency_table(results: dict[str, Any]) -> str:
         "added p50",
         "added p99",
         "calls/s",
-        "gateway CPU ms/call",
+        "proxy CPU ms/call",
         "child CPU ms/call",
     ]
     return markdown_table(header, rows)
@@ -465,7 +500,7 @@ def memory_table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser(__doc__).parse_args()
     work = Path(tempfile.mkdtemp(prefix="larkgate-bench-latency-"))
     try:
         results = asyncio.run(measure(args, work))

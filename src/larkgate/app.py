@@ -25,6 +25,7 @@ from .instances.pool import InstancePool
 from .instances.spawner import Spawner, StartFailed
 from .keys import open_store
 from .login import LoginRoutes
+from .ops import Operations
 from .store import Store
 from .transports.router import Router, Unavailable
 from .transports.sessions import SessionTable
@@ -81,6 +82,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
     guard = gateway.auth.guard
     streamable = StreamableEndpoint(settings, gateway.sessions, gateway.router, guard)
     sse = SseEndpoints(settings, gateway.sessions, gateway.router, gateway.pool, guard)
+    ops = Operations(gateway)
 
     async def tools(request: Request) -> Response:
         try:
@@ -117,6 +119,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gateway.loop = asyncio.get_running_loop()
         await gateway.pool.start()
+        await ops.start()
         sweeper = asyncio.create_task(_sweep_sessions(gateway))
         renewing = asyncio.create_task(gateway.renewal.run(), name="token-renewal")
         log.info("LarkGate %s serving at %s", __version__, settings.public_url)
@@ -125,6 +128,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
         finally:
             sweeper.cancel()
             renewing.cancel()
+            await ops.stop()
             await gateway.pool.close()
             await gateway.keeper.close(timeout=settings.feishu_timeout)
             await gateway.http.aclose()
@@ -142,9 +146,11 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
         Route("/tools", tools, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         *gateway.auth.routes(),
+        *ops.routes(),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=ops.middleware())
     app.state.gateway = gateway
+    app.state.ops = ops
     return app
 
 

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--markdown", action="store_true", help="print the README's settings table"
     )
     settings_cmd.set_defaults(run=_print_settings)
+
+    from .adminctl import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -110,7 +114,7 @@ def _run(settings: Settings) -> int:
 
     from .app import create_app
 
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     uvicorn.run(
         app,

@@ -24,6 +24,7 @@ from pydantic_settings import (
 ENV_PREFIX = "LARKGATE_"
 CONFIG_FILE_ENV = "LARKGATE_CONFIG"
 LARK_MCP_VERSION = "0.5.1"
+ADMIN_TOKEN_MIN_CHARS = 24
 _LARK_MCP_ENTRY = "node_modules/@larksuiteoapi/lark-mcp/dist/cli.js"
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
@@ -55,6 +56,12 @@ class TokenApi(StrEnum):
 
     V2 = "v2"
     V3 = "v3"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    TEXT = "text"
 
 
 class ConfigError(Exception):
@@ -227,6 +234,58 @@ class Settings(BaseSettings):
         10, ge=1, description="Most personal access keys one user may hold"
     )
 
+    # Operations: logs, admin, monitoring, alerts, backups
+    log_format: LogFormat = Field(
+        LogFormat.AUTO, description="auto (JSON unless stderr is a terminal), json or text"
+    )
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="Token for /admin and the admin CLI; empty means <data_dir>/admin.token",
+    )
+    monitor_interval: float = Field(
+        10.0, gt=0, description="Seconds between CPU/memory samples and alert checks"
+    )
+    sample_history: int = Field(
+        90, ge=2, description="Samples kept per instance for the admin page's charts"
+    )
+    instance_memory_limit_mb: int = Field(
+        512, ge=0, description="RSS in MiB above which an instance raises an alert; 0 is off"
+    )
+    feishu_probe_interval: float = Field(
+        60.0, ge=0, description="Seconds between checks that Feishu is reachable; 0 is off"
+    )
+    alert_feishu_webhook: SecretStr = Field(
+        SecretStr(""), description="Feishu/Lark custom bot webhook URL that receives alerts"
+    )
+    alert_feishu_secret: SecretStr = Field(
+        SecretStr(""), description="Signing secret of that bot; empty sends unsigned"
+    )
+    alert_webhook_url: SecretStr = Field(
+        SecretStr(""), description="Generic webhook URL that receives alerts as JSON"
+    )
+    alert_webhook_secret: SecretStr = Field(
+        SecretStr(""), description="HMAC-SHA256 key for the generic webhook's signature header"
+    )
+    alert_repeat_after: float = Field(
+        3600.0, gt=0, description="Seconds before a still-true alert is sent again"
+    )
+    alert_max_per_hour: int = Field(
+        30, ge=1, description="Most alerts sent in an hour; the rest are counted, not sent"
+    )
+    alert_failure_burst: int = Field(
+        5, ge=1, description="Login or refresh failures within alert_burst_window that alert"
+    )
+    alert_burst_window: float = Field(
+        300.0, gt=0, description="Window for alert_failure_burst, in seconds"
+    )
+    backup_dir: Path | None = Field(
+        None, description="Where scheduled backups go; empty means <data_dir>/backups"
+    )
+    backup_interval: float = Field(
+        86400.0, ge=0, description="Seconds between scheduled backups; 0 is off"
+    )
+    backup_keep: int = Field(7, ge=1, description="Scheduled backups kept; older ones are deleted")
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -259,6 +318,13 @@ class Settings(BaseSettings):
             if scheme in _NEVER_REDIRECT_SCHEMES or not _SCHEME.fullmatch(scheme):
                 raise ValueError(f"{scheme!r} cannot be a private-use redirect scheme")
         return schemes
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr) -> SecretStr:
+        if 0 < len(value.get_secret_value()) < ADMIN_TOKEN_MIN_CHARS:
+            raise ValueError(f"must be at least {ADMIN_TOKEN_MIN_CHARS} characters")
+        return value
 
     @field_validator("lark_language")
     @classmethod
@@ -323,6 +389,18 @@ class Settings(BaseSettings):
             if candidate.is_file():
                 return candidate
         return Path.cwd() / _LARK_MCP_ENTRY
+
+    @property
+    def backup_path(self) -> Path:
+        return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
+
+    @property
+    def local_url(self) -> str:
+        """How a process on this machine reaches the gateway (the admin CLI)."""
+        wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+        host = wildcard.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
 
     def require_for_serving(self) -> None:
         """Refuse to serve half-configured: raise ConfigError naming the first missing setting."""

@@ -108,7 +108,9 @@ class KeyDirectory:
             return self._read()
         except (OSError, KeyFileError) as exc:
             # A running gateway keeps sealing and opening with what it has rather than fail
-            # every login because someone is editing the key directory.
+            # every login because someone is editing the key directory; it looks again when
+            # the pointer changes or a record names a key it does not know.
+            self._pointer_stamp = self._stamp()
             log.error(
                 "key directory %s unreadable, keeping the keys in memory: %s", self.path, exc
             )

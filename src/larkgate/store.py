@@ -194,10 +194,6 @@ class Store:
 
     # -- keys ------------------------------------------------------------------------------
 
-    def check_key(self) -> bool:
-        """True when the store was sealed with keys the sealer knows (or is new)."""
-        return self.key_problem() is None
-
     def key_problem(self) -> str | None:
         """Why the sealer cannot open this store, in words naming the key ids; None if it can.
 

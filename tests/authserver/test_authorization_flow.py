@@ -424,3 +424,23 @@ def test_a_user_completes_the_feishu_login_for_the_code(
         assert feishu_url.startswith(shared_gateway.settings.accounts_base_url)
         location = feishu_login(person, feishu_url, "alice")
     assert "code" in query_of(location)
+
+
+def test_a_client_with_one_redirect_uri_may_leave_it_out_of_both_requests(
+    shared_http: httpx.Client, shared_gateway: GatewayServer
+) -> None:
+    client_id, redirect_uri = _client(shared_http)
+    pkce = Pkce.new()
+    url = authorize_url(shared_gateway.url, client_id, None, pkce)  # type: ignore[arg-type]
+    location = approve(url, "bob")
+    assert location.startswith(redirect_uri)
+    response = shared_http.post(
+        "/token",
+        data={
+            "grant_type": "authorization_code",
+            "client_id": client_id,
+            "code": query_of(location)["code"],
+            "code_verifier": pkce.verifier,
+        },
+    )
+    assert response.status_code == 200, response.text

@@ -21,7 +21,7 @@ class FrozenTime:
 
 
 async def settle() -> None:
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(0.25)
 
 
 async def test_background_calls_use_only_their_share_of_a_window() -> None:

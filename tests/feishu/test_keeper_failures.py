@@ -102,10 +102,8 @@ async def test_429_waits_for_the_reset_feishu_names(bench: Bench) -> None:
 
     await bench.keeper.access_token(alice)
 
-    refused, *_, answered = bench.refresh_calls(alice)
-    assert refused.status == 429 and answered.status == 200
-    # The emulator's reset header says 1 second; the retry came no sooner.
-    assert answered.time - refused.time >= 0.9
+    # A retry before the reset the 429 named would have met the limit again: one 429 only.
+    assert [c.status for c in bench.refresh_calls(alice)] == [429, 200]
 
 
 async def test_revoked_login_needs_a_new_login_with_the_reason_kept(bench: Bench) -> None:

@@ -49,6 +49,8 @@ class ServeProcess:
             "LARKGATE_LARK_MCP_CLI": str(LARK_MCP_CLI),
             "LARKGATE_WARM_SPARES": "1",
             "LARKGATE_STOP_GRACE": "2",
+            # These tests log in through the link a session shows, not through OAuth.
+            "LARKGATE_MCP_AUTH": "login_link",
         }
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -27,7 +27,7 @@ from ..store import digest
 from . import audit
 from .metadata import Resources, granted_scope
 from .ratelimit import RateLimiter
-from .redirects import is_loopback, matches
+from .redirects import is_loopback, matches, sole
 from .store import AuthorizationRequest, AuthStore, Client, CodeGrant
 from .tokens import mint, same, valid_challenge
 from .web import (
@@ -84,7 +84,7 @@ class AuthorizeEndpoint:
                 "The app that sent you here is not registered with this gateway. Start again "
                 "from your MCP client.",
             )
-        redirect_uri = params.get("redirect_uri") or _only(client.redirect_uris)
+        redirect_uri = params.get("redirect_uri") or sole(client.redirect_uris)
         if not redirect_uri or not matches(client.redirect_uris, redirect_uri):
             return _refused(
                 400,
@@ -260,11 +260,6 @@ disconnect the app at any time at <a href="{public}/keys">{public}/keys</a>.</p>
         if state:
             params["state"] = state
         return redirect(with_query(redirect_uri, params))
-
-
-def _only(uris: list[str]) -> str:
-    """The redirect URI to use when the request names none: only an unambiguous one."""
-    return uris[0] if len(uris) == 1 else ""
 
 
 def _where(redirect_uri: str) -> str:

@@ -56,6 +56,11 @@ def _check_web(parts: SplitResult, scheme: str) -> None:
         raise RedirectRefused("plain http redirect URIs must point at a loopback address")
 
 
+def sole(registered: Sequence[str]) -> str:
+    """The redirect URI a request may leave out: only one that cannot be ambiguous."""
+    return registered[0] if len(registered) == 1 else ""
+
+
 def is_loopback(uri: str) -> bool:
     parts = urlsplit(uri)
     return parts.scheme.lower() == "http" and (parts.hostname or "") in LOOPBACK_HOSTS

@@ -20,6 +20,7 @@ from ..config import Settings
 from . import audit
 from .metadata import Resources
 from .ratelimit import RateLimiter
+from .redirects import sole
 from .store import AuthStore, IssuedTokens, Redeemed
 from .tokens import verifier_matches
 from .web import (
@@ -59,7 +60,8 @@ class TokenEndpoint:
             client_id = _client_id(form, request.headers.get("authorization"))
         except FormError as exc:
             return oauth_error(400, "invalid_request", str(exc))
-        if not client_id or self._store.get_client(client_id) is None:
+        client = self._store.get_client(client_id) if client_id else None
+        if client is None:
             return oauth_error(401, "invalid_client", "unknown client_id")
         resource: str | None = None
         if "resource" in form:
@@ -69,6 +71,9 @@ class TokenEndpoint:
 
         grant_type = form.get("grant_type")
         if grant_type == "authorization_code":
+            # RFC 6749 section 4.1.3: redirect_uri may be left out only where the
+            # authorization request left it out, which needs a single registered one.
+            form.setdefault("redirect_uri", sole(client.redirect_uris))
             return self._redeem_code(form, client_id, resource, address)
         if grant_type == "refresh_token":
             return self._rotate(form, client_id, resource, address)

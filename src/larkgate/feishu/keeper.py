@@ -138,9 +138,6 @@ class TokenKeeper:
         fresh = await self._renewed(user_id, need, background=True)
         return fresh.access_token != tokens.access_token
 
-    def holding_unsaved(self) -> int:
-        return len(self._unsaved)
-
     def flush_unsaved(self) -> int:
         """Try again to store renewals held in memory; returns how many are still held."""
         for user_id in list(self._unsaved):

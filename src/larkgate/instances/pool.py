@@ -71,7 +71,13 @@ class InstancePool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._spare_fill: asyncio.Task[None] | None = None
-        self.events: dict[str, int] = {"spawns": 0, "restarts": 0, "reaps": 0, "crashes": 0}
+        self.events: dict[str, int] = {
+            "spawns": 0,
+            "restarts": 0,
+            "reaps": 0,
+            "crashes": 0,
+            "refused": 0,
+        }
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -125,6 +131,14 @@ class InstancePool:
         found = [*self._by_user.values(), *self._spares]
         if self._default is not None:
             found.append(self._default)
+        return found
+
+    def instances(self) -> list[tuple[str, Child]]:
+        """Every child with its role: "user", "spare" or "default" (for metrics and admin)."""
+        found = [("user", c) for c in self._by_user.values()]
+        found += [("spare", c) for c in self._spares]
+        if self._default is not None:
+            found.append(("default", self._default))
         return found
 
     def child_of(self, user_id: str) -> Child | None:
@@ -212,6 +226,7 @@ class InstancePool:
             return
         idle = [c for c in self._by_user.values() if c.idle]
         if not idle:
+            self.events["refused"] += 1
             raise PoolBusy(self._settings.busy_retry_after)
         victim = min(idle, key=lambda c: c.last_used)
         assert victim.user_id is not None

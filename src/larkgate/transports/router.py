@@ -11,20 +11,24 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import httpx
 
-from .. import __version__, errors
+from .. import __version__, errors, logs
 from ..config import Settings
 from ..feishu.keeper import NeedsLogin, TokenKeeper, TryAgain
 from ..feishu.oauth import parse_scopes
 from ..instances.pool import InstanceFailed, InstancePool, user_key
 from ..instances.spawner import MCP_HEADERS, Child, StartFailed
 from ..store import Store
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,7 @@ class Router:
         self._pool = pool
         self._keeper = keeper
         self._http = http
+        self.metrics: Metrics | None = None  # set by the operations layer
 
     def login_link(self, session_id: str, scopes: Sequence[str] = ()) -> str:
         query = {"sessionId": session_id} | ({"scope": " ".join(scopes)} if scopes else {})
@@ -68,15 +73,22 @@ class Router:
 
     async def handle(self, caller: Caller, message: Any) -> Any:
         """The reply to one JSON-RPC message or batch; None when nothing is owed."""
+        logs.bind_user_id(caller.user_id)
         if isinstance(message, list):
             if not message:
                 return errors.rpc_error(
                     None, errors.INVALID_REQUEST, "empty batch", errors.BAD_JSON
                 )
-            replies = [await self._one(caller, m) for m in message]
+            replies = [await self._observed(caller, m) for m in message]
             kept = [r for r in replies if r is not None]
             return kept or None
-        return await self._one(caller, message)
+        return await self._observed(caller, message)
+
+    async def _observed(self, caller: Caller, message: Any) -> dict[str, Any] | None:
+        reply = await self._one(caller, message)
+        if self.metrics is not None:
+            self.metrics.mcp_message(message, reply)
+        return reply
 
     async def _one(self, caller: Caller, message: Any) -> dict[str, Any] | None:
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
@@ -94,7 +106,7 @@ class Router:
         if method == "ping":
             return {"jsonrpc": "2.0", "id": request_id, "result": {}}
         if method == "tools/call" and not self._logged_in(caller):
-            return self._login_result(caller, request_id, "you have not logged in to Feishu yet")
+            return self._login_result(caller, request_id, self._why_login(caller))
         try:
             if caller.user_id is None or not self._logged_in(caller):
                 return await self._relay_anonymous(message)
@@ -118,10 +130,17 @@ class Router:
             )
 
     def _logged_in(self, caller: Caller) -> bool:
+        """Holds tokens that Feishu has not refused; discovery for the others goes anonymous."""
         if caller.user_id is None:
             return False
         user = self._store.get_user(caller.user_id)
-        return user is not None and user.has_tokens
+        return user is not None and user.has_tokens and user.needs_login is None
+
+    def _why_login(self, caller: Caller) -> str:
+        user = self._store.get_user(caller.user_id) if caller.user_id else None
+        if user is not None and user.needs_login:
+            return user.needs_login
+        return "you have not logged in to Feishu yet"
 
     def _initialize(self, caller: Caller, message: dict[str, Any]) -> dict[str, Any]:
         params = message.get("params") or {}
@@ -162,6 +181,7 @@ class Router:
 
     async def _relay_anonymous(self, message: dict[str, Any]) -> dict[str, Any]:
         child = await self._pool.default_child()
+        logs.bind(instance=child.child_id)
         return await self.send_to_child(child, message, token=None)
 
     async def _relay_user(
@@ -169,6 +189,7 @@ class Router:
     ) -> dict[str, Any]:
         token = await self._keeper.access_token(user_id)
         async with self._pool.use(user_id) as child:
+            logs.bind(instance=child.child_id)
             reply = await self.send_to_child(child, message, token)
             if message.get("method") != "tools/call":
                 return reply
@@ -179,8 +200,9 @@ class Router:
                 reply = await self.send_to_child(child, message, token)
                 verdict = _feishu_verdict(reply)
                 if verdict == "rejected":
-                    self._store.mark_needs_login(user_id, "Feishu rejected a fresh token")
-                    raise NeedsLogin("Feishu no longer accepts your login")
+                    why = "Feishu no longer accepts your login, even freshly renewed"
+                    self._store.mark_needs_login(user_id, why)
+                    raise NeedsLogin(why)
             if verdict is not None and verdict.startswith("scope:"):
                 missing = verdict.removeprefix("scope:")
                 return self._login_result(
@@ -197,6 +219,7 @@ class Router:
         headers = dict(MCP_HEADERS)
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        started = time.perf_counter()
         try:
             response = await self._http.post(
                 child.url,
@@ -206,6 +229,11 @@ class Router:
             )
         except httpx.HTTPError as exc:
             raise Unavailable(type(exc).__name__) from None
+        finally:
+            elapsed = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.child_hop(message.get("method", ""), elapsed)
+            log.debug("child hop for %s took %.1f ms", message.get("method"), elapsed * 1000)
         if response.status_code != 200:
             raise Unavailable(f"HTTP {response.status_code}")
         return _parse_child_reply(response)

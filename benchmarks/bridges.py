@@ -1,0 +1,264 @@
+"""The gateway side by side with the single-user bridges people put in front of lark-mcp.
+
+Same run, same users, same tool call as latency.py, with two more paths per user:
+
+  supergateway  `supergateway --stdio "<lark-mcp -m stdio>" --port P` (npm), its defaults
+  mcp-proxy     `mcp-proxy --port P -- <lark-mcp -m stdio>` (PyPI), its defaults
+
+Neither passes a per-user token, so each user gets one instance of each, running lark-mcp
+with that user's token in its environment. supergateway has no listen-address option; it is
+started with benchmarks/loopback_only.cjs preloaded so that it binds 127.0.0.1 only. Both are
+installed on first use into a throwaway directory (--bridges-dir, default under /tmp), never
+into the repository.
+
+  .venv/bin/python benchmarks/bridges.py                   # 1 and 10 users, ~3 min
+  .venv/bin/python benchmarks/bridges.py --users 1,20
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from _clients import SseSession
+from _procs import ProcessSet, Started, free_port
+from _report import describe_busy, markdown_table, rss_mib, save_json, spread
+from _stack import BENCH_DIR, EMULATOR_APP, LARK_MCP_CLI, Emulator, emulator_token
+from latency import MODE_NAMES, BenchUser, Route, build_parser, latency_table, measure
+
+SUPERGATEWAY_VERSION = "4.0.0"
+MCP_PROXY_VERSION = "0.13.0"
+BRIDGE_MODES = {
+    **MODE_NAMES,
+    "supergateway": "supergateway (SSE)",
+    "mcp-proxy": "mcp-proxy (SSE)",
+}
+START_TIMEOUT = 90.0
+
+
+def supergateway_entry(bridges_dir: Path) -> Path:
+    home = bridges_dir / "supergateway"
+    entry = home / "node_modules/supergateway/dist/index.js"
+    if not entry.exists():
+        print(f"[bench] installing supergateway {SUPERGATEWAY_VERSION} into {home}")
+        home.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--prefix", str(home), "--ignore-scripts", "--no-audit"]
+            + ["--no-fund", "--loglevel=error", f"supergateway@{SUPERGATEWAY_VERSION}"],
+            check=True,
+        )
+    return entry
+
+
+def mcp_proxy_program(bridges_dir: Path) -> Path:
+    venv = bridges_dir / "mcp-proxy"
+    program = venv / "bin/mcp-proxy"
+    if not program.exists():
+        print(f"[bench] installing mcp-proxy {MCP_PROXY_VERSION} into {venv}")
+        python = shutil.which("python3") or sys.executable
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin/pip"), "install", "--quiet", f"mcp-proxy=={MCP_PROXY_VERSION}"],
+            check=True,
+        )
+    return program
+
+
+def lark_mcp_stdio(emulator: Emulator) -> list[str]:
+    """lark-mcp as the gateway runs it, in stdio mode; the token comes from the environment."""
+    return [
+        "node",
+        str(LARK_MCP_CLI),
+        "mcp",
+        "-d",
+        emulator.url,
+        "-m",
+        "stdio",
+        "--token-mode",
+        "user_access_token",
+        "-t",
+        "preset.default",
+        "-l",
+        "en",
+        "-c",
+        "snake",
+    ]
+
+
+class Bridges:
+    """Starts one supergateway and one mcp-proxy per user and adds them as routes."""
+
+    def __init__(self, bridges_dir: Path, modes: list[str]) -> None:
+        self._modes = modes
+        self._supergateway = supergateway_entry(bridges_dir) if "supergateway" in modes else None
+        self._mcp_proxy = mcp_proxy_program(bridges_dir) if "mcp-proxy" in modes else None
+        self.started: dict[str, list[Started]] = {"supergateway": [], "mcp-proxy": []}
+
+    async def attach(
+        self,
+        http: httpx.AsyncClient,
+        emulator: Emulator,
+        procs: ProcessSet,
+        work: Path,
+        users: list[BenchUser],
+    ) -> None:
+        gate = asyncio.Semaphore(4)
+
+        async def one(user: BenchUser, mode: str) -> None:
+            async with gate:
+                token = await emulator_token(http, emulator, user.login)
+                started, port = self._start(procs, work, user, mode, token, emulator)
+                user.routes[mode] = await self._connect(http, started, port)
+                self.started[mode].append(started)
+
+        jobs = [
+            one(u, m) for u in users for m in ("supergateway", "mcp-proxy") if m in self._modes
+        ]
+        await asyncio.gather(*jobs)
+
+    def _start(
+        self,
+        procs: ProcessSet,
+        work: Path,
+        user: BenchUser,
+        mode: str,
+        token: str,
+        emulator: Emulator,
+    ) -> tuple[Started, int]:
+        home = work / "bridges" / f"{mode}-{user.login}"
+        home.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        child = lark_mcp_stdio(emulator)
+        secrets = {
+            "APP_ID": EMULATOR_APP.app_id,
+            "APP_SECRET": EMULATOR_APP.app_secret,
+            "USER_ACCESS_TOKEN": token,
+        }
+        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(home), "LANG": "C.UTF-8"}
+        if mode == "supergateway":
+            assert self._supergateway is not None
+            preload = str(BENCH_DIR / "loopback_only.cjs")
+            argv = ["node", "--require", preload, str(self._supergateway)]
+            argv += ["--stdio", shlex.join(child), "--port", str(port)]
+            env.update(secrets)
+        else:
+            assert self._mcp_proxy is not None
+            argv = [str(self._mcp_proxy), "--host", "127.0.0.1", "--port", str(port)]
+            argv += ["--cwd", str(home), "-e", "HOME", str(home)]
+            for name, value in secrets.items():
+                argv += ["-e", name, value]
+            argv += ["--", *child]
+        return procs.start(f"{mode}-{user.login}", argv, env=env, cwd=home), port
+
+    async def _connect(self, http: httpx.AsyncClient, started: Started, port: int) -> Route:
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        while True:
+            if not started.alive():
+                raise RuntimeError(f"{started.name} exited:\n{started.log_tail()}")
+            try:
+                session = await SseSession(http, f"http://127.0.0.1:{port}").open(timeout=60)
+                break
+            except (httpx.HTTPError, OSError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"{started.name} did not answer:\n{started.log_tail()}")
+                await asyncio.sleep(0.2)
+        return Route(session, started.pid, lark_mcp_pid(started))
+
+
+def lark_mcp_pid(started: Started) -> int:
+    for proc in started.descendants():
+        try:
+            if proc.name() == "node" and any("lark-mcp" in a for a in proc.cmdline()):
+                return proc.pid
+        except psutil.Error:
+            continue
+    raise RuntimeError(f"{started.name} runs no lark-mcp child")
+
+
+def memory_table(results: dict[str, Any], idle: dict[str, dict[str, Any]]) -> str:
+    rows = []
+    for run in results["runs"]:
+        for load, modes in run["loads"].items():
+            for mode, m in modes.items():
+                if mode == "direct":
+                    continue
+                proxy = m["proxy_peak_rss_mib"]
+                per_user = "1 for all users" if mode in ("streamable", "sse") else "1 per user"
+                rows.append(
+                    [
+                        run["users"],
+                        load,
+                        results["mode_names"][mode],
+                        per_user,
+                        idle.get(mode, {}).get("median", math.nan),
+                        proxy["median"],
+                        proxy["median"] * (1 if mode in ("streamable", "sse") else proxy["n"]),
+                        m["child_peak_rss_mib"]["median"],
+                    ]
+                )
+    header = [
+        "users",
+        "load",
+        "path",
+        "proxy processes",
+        "proxy RSS idle",
+        "proxy RSS peak (each)",
+        "proxy RSS peak (all users)",
+        "child RSS peak (median)",
+    ]
+    return markdown_table(header, rows)
+
+
+def main() -> None:
+    parser = build_parser(__doc__)
+    parser.set_defaults(users="1,10", modes=",".join(BRIDGE_MODES))
+    parser.add_argument(
+        "--bridges-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "larkgate-bench-bridges",
+        help="where supergateway and mcp-proxy are installed on first use",
+    )
+    args = parser.parse_args()
+    modes = [m for m in args.modes.split(",") if m in BRIDGE_MODES]
+    bridges = Bridges(args.bridges_dir, modes)
+    idle: dict[str, dict[str, Any]] = {}
+
+    async def attach(*parts: Any) -> None:
+        await bridges.attach(*parts)
+        await asyncio.sleep(2)
+        for mode, started in bridges.started.items():
+            idle[mode] = spread([rss_mib(psutil.Process(s.pid)) for s in started if s.alive()])
+
+    work = Path(tempfile.mkdtemp(prefix="larkgate-bench-bridges-"))
+    try:
+        results = asyncio.run(measure(args, work, BRIDGE_MODES, attach, children_per_user=3))
+    finally:
+        if args.keep:
+            print(f"[bench] data and logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    results["bridge_versions"] = {
+        "supergateway": SUPERGATEWAY_VERSION,
+        "mcp-proxy": MCP_PROXY_VERSION,
+    }
+    results["bridge_idle_rss_mib"] = idle
+    print("\n### Latency per tools/call: gateway and bridges in front of the same lark-mcp\n")
+    print(latency_table(results))
+    print("\n### Memory of what sits in front of lark-mcp (MiB)\n")
+    print(memory_table(results, idle))
+    print(f"\n- {describe_busy(results)}")
+    print(f"\nJSON: {save_json('bridges', results)}")
+
+
+if __name__ == "__main__":
+    main()
