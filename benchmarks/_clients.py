@@ -151,8 +151,15 @@ class StreamableSession:
 class SseSession:
     """HTTP+SSE (2024-11-05) client: one reader task hands replies to waiting callers by id."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, sse_path: str = "/sse") -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        sse_path: str = "/sse",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self._http = http
+        self._headers = headers or {}
         self._base = base_url
         self._sse_url = f"{base_url}{sse_path}"
         self._endpoint: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -164,7 +171,10 @@ class SseSession:
 
     async def open(self, timeout: float = 30) -> SseSession:
         self._stream = self._http.stream(
-            "GET", self._sse_url, headers={"Accept": "text/event-stream"}, timeout=None
+            "GET",
+            self._sse_url,
+            headers={"Accept": "text/event-stream", **self._headers},
+            timeout=None,
         )
         response = await self._stream.__aenter__()
         if response.status_code != 200:
@@ -218,7 +228,7 @@ class SseSession:
         response = await self._http.post(
             self.messages_url,
             content=json.dumps(message),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **self._headers},
         )
         if response.status_code not in (200, 202):
             raise CallFailed(

@@ -1,9 +1,11 @@
 """The gateway side by side with the single-user bridges people put in front of lark-mcp.
 
-Same run, same users, same tool call as latency.py, with two more paths per user:
+Same run, same users, same tool call as latency.py, with three more paths per user:
 
   supergateway  `supergateway --stdio "<lark-mcp -m stdio>" --port P` (npm), its defaults
   mcp-proxy     `mcp-proxy --port P -- <lark-mcp -m stdio>` (PyPI), its defaults
+  child-sse     lark-mcp's own SSE mode (`-m sse`), the token as Bearer on GET /sse: the
+                floor for a gateway that would keep one SSE connection per user child
 
 Neither passes a per-user token, so each user gets one instance of each, running lark-mcp
 with that user's token in its environment. supergateway has no listen-address option; it is
@@ -42,7 +44,9 @@ BRIDGE_MODES = {
     **MODE_NAMES,
     "supergateway": "supergateway (SSE)",
     "mcp-proxy": "mcp-proxy (SSE)",
+    "child-sse": "child direct, SSE mode",
 }
+EXTRA_MODES = ("supergateway", "mcp-proxy", "child-sse")
 START_TIMEOUT = 90.0
 
 
@@ -53,8 +57,10 @@ def supergateway_entry(bridges_dir: Path) -> Path:
         print(f"[bench] installing supergateway {SUPERGATEWAY_VERSION} into {home}")
         home.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["npm", "install", "--prefix", str(home), "--ignore-scripts", "--no-audit"]
-            + ["--no-fund", "--loglevel=error", f"supergateway@{SUPERGATEWAY_VERSION}"],
+            [
+                *("npm", "install", "--prefix", str(home), "--ignore-scripts", "--no-audit"),
+                *("--no-fund", "--loglevel=error", f"supergateway@{SUPERGATEWAY_VERSION}"),
+            ],
             check=True,
         )
     return entry
@@ -96,13 +102,13 @@ def lark_mcp_stdio(emulator: Emulator) -> list[str]:
 
 
 class Bridges:
-    """Starts one supergateway and one mcp-proxy per user and adds them as routes."""
+    """Per user: a supergateway, an mcp-proxy and a lark-mcp in SSE mode, added as routes."""
 
     def __init__(self, bridges_dir: Path, modes: list[str]) -> None:
         self._modes = modes
         self._supergateway = supergateway_entry(bridges_dir) if "supergateway" in modes else None
         self._mcp_proxy = mcp_proxy_program(bridges_dir) if "mcp-proxy" in modes else None
-        self.started: dict[str, list[Started]] = {"supergateway": [], "mcp-proxy": []}
+        self.started: dict[str, list[Started]] = {m: [] for m in EXTRA_MODES}
 
     async def attach(
         self,
@@ -118,12 +124,12 @@ class Bridges:
             async with gate:
                 token = await emulator_token(http, emulator, user.login)
                 started, port = self._start(procs, work, user, mode, token, emulator)
-                user.routes[mode] = await self._connect(http, started, port)
+                # lark-mcp's own SSE mode takes the user's token from the GET /sse request.
+                bearer = {"Authorization": f"Bearer {token}"} if mode == "child-sse" else {}
+                user.routes[mode] = await self._connect(http, started, port, bearer)
                 self.started[mode].append(started)
 
-        jobs = [
-            one(u, m) for u in users for m in ("supergateway", "mcp-proxy") if m in self._modes
-        ]
+        jobs = [one(u, m) for u in users for m in EXTRA_MODES if m in self._modes]
         await asyncio.gather(*jobs)
 
     def _start(
@@ -145,7 +151,12 @@ class Bridges:
             "USER_ACCESS_TOKEN": token,
         }
         env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(home), "LANG": "C.UTF-8"}
-        if mode == "supergateway":
+        if mode == "child-sse":
+            argv = [*child[:6], "sse", *child[7:], "--host", "127.0.0.1", "-p", str(port)]
+            # As the gateway starts its children: heap cap, placeholder token.
+            env.update(secrets, USER_ACCESS_TOKEN="larkgate-per-request")
+            env["NODE_OPTIONS"] = "--max-old-space-size=256"
+        elif mode == "supergateway":
             assert self._supergateway is not None
             preload = str(BENCH_DIR / "loopback_only.cjs")
             argv = ["node", "--require", preload, str(self._supergateway)]
@@ -160,22 +171,29 @@ class Bridges:
             argv += ["--", *child]
         return procs.start(f"{mode}-{user.login}", argv, env=env, cwd=home), port
 
-    async def _connect(self, http: httpx.AsyncClient, started: Started, port: int) -> Route:
+    async def _connect(
+        self, http: httpx.AsyncClient, started: Started, port: int, headers: dict[str, str]
+    ) -> Route:
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         while True:
             if not started.alive():
                 raise RuntimeError(f"{started.name} exited:\n{started.log_tail()}")
             try:
-                session = await SseSession(http, f"http://127.0.0.1:{port}").open(timeout=60)
+                url = f"http://127.0.0.1:{port}"
+                session = await SseSession(http, url, headers=headers).open(timeout=60)
                 break
             except (httpx.HTTPError, OSError):
                 if asyncio.get_running_loop().time() > deadline:
-                    raise RuntimeError(f"{started.name} did not answer:\n{started.log_tail()}")
+                    tail = started.log_tail()
+                    raise RuntimeError(f"{started.name} did not answer:\n{tail}") from None
                 await asyncio.sleep(0.2)
+        if started.name.startswith("child-sse"):
+            return Route(session, None, started.pid)
         return Route(session, started.pid, lark_mcp_pid(started))
 
 
 def lark_mcp_pid(started: Started) -> int:
+    """The lark-mcp a bridge runs (supergateway's own command line names it too)."""
     for proc in started.descendants():
         try:
             if proc.name() == "node" and any("lark-mcp" in a for a in proc.cmdline()):
@@ -190,7 +208,7 @@ def memory_table(results: dict[str, Any], idle: dict[str, dict[str, Any]]) -> st
     for run in results["runs"]:
         for load, modes in run["loads"].items():
             for mode, m in modes.items():
-                if mode == "direct":
+                if mode in ("direct", "child-sse"):
                     continue
                 proxy = m["proxy_peak_rss_mib"]
                 per_user = "1 for all users" if mode in ("streamable", "sse") else "1 per user"
@@ -241,7 +259,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="larkgate-bench-bridges-"))
     try:
-        results = asyncio.run(measure(args, work, BRIDGE_MODES, attach, children_per_user=3))
+        results = asyncio.run(measure(args, work, BRIDGE_MODES, attach, children_per_user=4))
     finally:
         if args.keep:
             print(f"[bench] data and logs kept in {work}")

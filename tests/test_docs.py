@@ -6,10 +6,9 @@ import re
 import subprocess
 import sys
 
-from support import REPO
-
 from larkgate.cli import settings_table
 from larkgate.config import describe_settings
+from support import REPO
 
 
 def test_readme_settings_table_matches_the_code() -> None:

@@ -6,7 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 from _pytest.terminal import TerminalReporter
-from reliability_kit import LONG, REPORT
+from hostile_kit import HOSTILE_LOGINS
+from reliability_kit import LONG, REPORT, running_gateway
+
+from larkgate.emulator import EmulatorConfig, RunningEmulator
+from larkgate.emulator.config import make_user
+from support import GatewayServer
 
 
 @pytest.fixture(autouse=True)
@@ -14,6 +19,23 @@ def _long_tests_only_when_asked(request: pytest.FixtureRequest) -> Iterator[None
     if request.node.get_closest_marker("slow") is not None and not LONG:
         pytest.skip("long variant: set LARKGATE_LONG_TESTS=1")
     yield
+
+
+@pytest.fixture(scope="session")
+def attacked_emulator() -> Iterator[RunningEmulator]:
+    """The Feishu of the gateway the hostile tests share (starting one costs seconds)."""
+    config = EmulatorConfig(users=[make_user(login) for login in HOSTILE_LOGINS])
+    with RunningEmulator(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def attacked_gateway(
+    tmp_path_factory: pytest.TempPathFactory, attacked_emulator: RunningEmulator
+) -> Iterator[GatewayServer]:
+    data_dir = tmp_path_factory.mktemp("attacked") / "data"
+    with running_gateway(data_dir, attacked_emulator) as server:
+        yield server
 
 
 def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:

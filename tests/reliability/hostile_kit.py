@@ -20,6 +20,13 @@ from reliability_kit import emulator_tokens, login_link_in
 from larkgate.emulator import RunningEmulator
 from support import play_browser_login
 
+VICTIMS = ("alfa", "bravo")
+ATTACKER = "charlie"
+# Logins that would walk out of a directory if an id were ever used as a path.
+PATH_TRICK_LOGINS = ("../../escape", "..\\..\\escape")
+# "owner" comes first: the emulator makes the first user the owner of a chat everyone sees.
+HOSTILE_LOGINS = ("owner", *VICTIMS, ATTACKER, "delta", *PATH_TRICK_LOGINS)
+
 
 class SseListener:
     """An open HTTP+SSE session: its id, and every message event that arrived on it."""

@@ -219,7 +219,7 @@ def test_feishu_answering_a_refresh_after_the_timeout_does_not_lose_the_login(
     times out at the gateway still spends the old refresh token.
     """
     gateway.clock.advance(7300)
-    hang = 4.0
+    hang = 3.0
     emulator.state.faults.hang(hang, "token")
     before = len(emulator.state.calls.matching(TOKEN_PATH))
     with arrivals(emulator, "token") as arrived:

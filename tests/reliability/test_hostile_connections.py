@@ -17,25 +17,19 @@ from typing import Any
 
 import httpx
 import pytest
-from reliability_kit import ACCEPT, INIT, LONG, report, running_gateway, unhandled_errors
+from reliability_kit import ACCEPT, INIT, LONG, report, unhandled_errors
 
-from larkgate.emulator import EmulatorConfig, RunningEmulator
 from support import GatewayServer
 
 # How long a request may take to arrive in full before the gateway cuts it off. A client
 # that has sent nothing, half a head, or part of its body must not hold a connection longer.
-STALL_BOUND = 20.0
+STALL_BOUND = 12.0
 SLOW_CLIENTS = 2000 if LONG else 200
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
-    data_dir = tmp_path_factory.mktemp("connections") / "data"
-    with (
-        RunningEmulator(EmulatorConfig()) as emulator,
-        running_gateway(data_dir, emulator) as server,
-    ):
-        yield server
+@pytest.fixture
+def gateway(attacked_gateway: GatewayServer) -> GatewayServer:
+    return attacked_gateway
 
 
 def _connect(gateway: GatewayServer, data: bytes = b"") -> socket.socket:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -232,8 +232,8 @@ class _SquatterHandler(BaseHTTPRequestHandler):
 
 
 def test_a_process_squatting_a_new_childs_port_never_receives_a_users_token(
-    start_gateway: Callable[..., GatewayServer],
-    emulator: RunningEmulator,
+    attacked_gateway: GatewayServer,
+    attacked_emulator: RunningEmulator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Another local process takes the port the gateway picked for a child before it binds.
@@ -241,16 +241,16 @@ def test_a_process_squatting_a_new_childs_port_never_receives_a_users_token(
     The gateway picks a free port, closes it and tells the child to listen there; whoever
     listens there first answers the readiness ping, and gets every request of that user.
     """
-    gateway = start_gateway()
-    alice = emulator.state.config.find_user("alice")
-    assert alice is not None
+    gateway, emulator = attacked_gateway, attacked_emulator
+    delta = emulator.state.config.find_user("delta")
+    assert delta is not None
     with httpx.Client(base_url=gateway.url, timeout=120, trust_env=False) as http:
         initialized = http.post(
             "/mcp", json={**CALL, "id": 1, "method": "initialize"}, headers=ACCEPT
         )
         session_id = initialized.headers["mcp-session-id"]
         link = login_link_in(initialized.json()["result"]["instructions"])
-        assert play_browser_login(link, "alice").status_code == 200
+        assert play_browser_login(link, "delta").status_code == 200
 
         squatter = Squatter()
         picked = iter([squatter.port])
@@ -262,10 +262,10 @@ def test_a_process_squatting_a_new_childs_port_never_receives_a_users_token(
             http.post("/mcp", json=CALL, headers={**ACCEPT, "Mcp-Session-Id": session_id})
         finally:
             squatter.close()
-    tokens = issued_tokens(emulator, [alice.open_id])
+    tokens = issued_tokens(emulator, [delta.open_id])
     stolen = [a for a in squatter.authorizations if any(t in a for t in tokens)]
     report(
         f"isolation: a squatter on a new child's port got {len(squatter.authorizations)} "
-        f"requests, {len(stolen)} with alice's token"
+        f"requests, {len(stolen)} with the user's token"
     )
     assert stolen == []

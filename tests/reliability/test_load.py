@@ -258,7 +258,7 @@ async def _load_test(serve_for: Callable[..., ServeProcess], people: int, calls_
 async def test_people_calling_at_once_each_get_only_their_own_answers(
     serve_for: Callable[..., ServeProcess],
 ) -> None:
-    await _load_test(serve_for, people=10, calls_each=40)
+    await _load_test(serve_for, people=8, calls_each=40)
 
 
 @pytest.mark.slow
