@@ -48,7 +48,6 @@ class ServeProcess:
             "LARKGATE_DATA_DIR": str(data_dir),
             "LARKGATE_LARK_MCP_CLI": str(LARK_MCP_CLI),
             "LARKGATE_WARM_SPARES": "1",
-            "LARKGATE_MCP_AUTH": "login_link",
             "LARKGATE_STOP_GRACE": "2",
             # These tests log in through the link a session shows, not through OAuth.
             "LARKGATE_MCP_AUTH": "login_link",
