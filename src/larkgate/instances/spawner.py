@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # this placeholder is never sent to Feishu because each request carries the real one.
 TOKEN_PLACEHOLDER = "larkgate-per-request"  # noqa: S105 (not a secret)
 PING = b'{"jsonrpc":"2.0","id":"larkgate-probe","method":"ping"}'
+PARENT_WATCH = Path(__file__).with_name("parent_watch.cjs")
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
@@ -91,6 +92,8 @@ class Spawner:
         return [
             s.node_path,
             *s.child_v8_flags,
+            "--require",
+            str(PARENT_WATCH),
             str(s.lark_mcp_cli_path),
             "mcp",
             "-d",
@@ -136,7 +139,7 @@ class Spawner:
                 *self.command(port),
                 cwd=home,
                 env=self.environment(home),
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
