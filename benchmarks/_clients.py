@@ -10,10 +10,15 @@ Each has ``call(message) -> reply``; ``tool_call(seq)`` builds the benchmark's t
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import html
 import json
 import re
+import secrets
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -21,6 +26,8 @@ ACCEPT = "application/json, text/event-stream"
 PROTOCOL_VERSION = "2025-06-18"
 CHAT_LIST = "im_v1_chat_list"
 LOGIN_LINK = re.compile(r"https?://[^\s\"']+/oauth/start\?sessionId=[A-Za-z0-9_-]+")
+CONSENT_REQUEST = re.compile(r'name="request" value="([^"]+)"')
+CONSENT_ACTION = re.compile(r'<form method="post" action="([^"]+)"')
 
 
 def load_client() -> httpx.AsyncClient:
@@ -110,15 +117,82 @@ async def play_browser_login(http: httpx.AsyncClient, instructions: str, login: 
         raise CallFailed(f"/oauth/callback answered {done.status_code}: {done.text[:200]}")
 
 
+async def oauth_access_token(base_url: str, login: str) -> str:
+    """An access token for the gateway's /mcp, got the way an MCP client gets one.
+
+    Register a client, send a browser (its own cookies) through the consent page and the
+    emulator's Feishu login as ``login``, and redeem the code with PKCE. The redirect URI is
+    never visited: the code is read from the gateway's final redirect.
+    """
+    redirect_uri = "http://127.0.0.1:9/callback"
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    async with httpx.AsyncClient(trust_env=False, timeout=60) as browser:
+        meta = (await browser.get(f"{base_url}/.well-known/oauth-authorization-server")).json()
+        registered = await browser.post(
+            meta["registration_endpoint"],
+            json={
+                "client_name": "larkgate-bench",
+                "redirect_uris": [redirect_uri],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "none",
+            },
+        )
+        client_id = registered.json()["client_id"]
+        consent = await browser.get(
+            meta["authorization_endpoint"],
+            params={
+                "response_type": "code",
+                "client_id": client_id,
+                "redirect_uri": redirect_uri,
+                "state": secrets.token_urlsafe(8),
+                "code_challenge": challenge.rstrip(b"=").decode(),
+                "code_challenge_method": "S256",
+                "resource": f"{base_url}/mcp",
+                "scope": "mcp",
+            },
+        )
+        request_id, action = (
+            CONSENT_REQUEST.search(consent.text),
+            CONSENT_ACTION.search(consent.text),
+        )
+        if request_id is None or action is None:
+            raise CallFailed(f"no consent form: HTTP {consent.status_code} {consent.text[:200]}")
+        decided = await browser.post(
+            html.unescape(action.group(1)),
+            data={"request": html.unescape(request_id.group(1)), "decision": "approve"},
+        )
+        feishu = await browser.get(f"{decided.headers['location']}&emulator_user={login}")
+        back = await browser.get(feishu.headers["location"])
+        code = parse_qs(urlsplit(back.headers["location"]).query)["code"][0]
+        token = await browser.post(
+            meta["token_endpoint"],
+            data={
+                "grant_type": "authorization_code",
+                "client_id": client_id,
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "code_verifier": verifier,
+            },
+        )
+        if token.status_code != 200:
+            raise CallFailed(f"token endpoint answered {token.status_code}: {token.text[:200]}")
+        return str(token.json()["access_token"])
+
+
 class StreamableSession:
-    def __init__(self, http: httpx.AsyncClient, base_url: str) -> None:
+    def __init__(self, http: httpx.AsyncClient, base_url: str, token: str | None = None) -> None:
         self._http = http
         self._url = f"{base_url}/mcp"
+        self._token = token
         self.session_id = ""
         self.instructions = ""
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": ACCEPT, "Content-Type": "application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
         if self.session_id:
             headers["Mcp-Session-Id"] = self.session_id
             headers["MCP-Protocol-Version"] = PROTOCOL_VERSION

@@ -147,6 +147,9 @@ class GatewayProcess:
             "port": self.port,
             "data_dir": str(data_dir),
             "lark_mcp_cli": str(LARK_MCP_CLI),
+            # Every benchmark user logs in from 127.0.0.1; the per-address login limit is for
+            # the internet, not for this.
+            "auth_rate_limit": 100_000,
             **settings,
         }
         self.settings = values

@@ -1,7 +1,8 @@
 """A new user's first tool call: with a warm spare, without one, and ten newcomers at once.
 
-Each newcomer opens a Streamable HTTP session, logs in through the emulator's OAuth flow (not
-timed), then makes a first ``im_v1_chat_list`` call; that call is timed. It is the call that
+Each newcomer logs in as an MCP client does (OAuth 2.1 with the gateway, which sends the browser
+through the emulator's Feishu login; not timed), opens a Streamable HTTP session and makes a
+first ``im_v1_chat_list`` call; that call is timed. It is the call that
 gives the user a child: a warm spare handed over, or a fresh lark-mcp started.
 
   sequential, warm_spares=1  one newcomer at a time, each after the spare was refilled
@@ -29,7 +30,7 @@ from _clients import (
     StreamableSession,
     check_tool_reply,
     load_client,
-    play_browser_login,
+    oauth_access_token,
     tool_call,
 )
 from _procs import ProcessSet
@@ -74,9 +75,8 @@ class Newcomers:
 
 
 async def logged_in(http: httpx.AsyncClient, gateway: GatewayProcess, index: int) -> Any:
-    session = await StreamableSession(http, gateway.url).open()
-    await play_browser_login(http, session.instructions, bench_login(index))
-    return session
+    token = await oauth_access_token(gateway.url, bench_login(index))
+    return await StreamableSession(http, gateway.url, token).open()
 
 
 async def timed_first_call(session: StreamableSession, index: int, samples: Samples) -> None:

@@ -38,6 +38,7 @@ from _clients import (
     StreamableSession,
     check_tool_reply,
     load_client,
+    oauth_access_token,
     play_browser_login,
     tool_call,
 )
@@ -210,8 +211,9 @@ async def set_up_user(
     login = bench_login(index)
     person = make_user(login)
     async with gate:
-        streamable = await StreamableSession(http, gateway.url).open()
-        await play_browser_login(http, streamable.instructions, login)
+        # /mcp as the default settings serve it (OAuth 2.1 bearer); /sse with the login link.
+        token = await oauth_access_token(gateway.url, login)
+        streamable = await StreamableSession(http, gateway.url, token).open()
         sse = await SseSession(http, gateway.url).open()
         await play_browser_login(http, sse.instructions, login)
         user = BenchUser(login, person.open_id, person.name, streamable, sse)

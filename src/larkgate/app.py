@@ -61,7 +61,10 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
     clock = clock or Clock()
     store = open_store(settings)
     http = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+        # Idle connections are dropped before Node's 5 s keep-alive can close them under us.
+        limits=httpx.Limits(
+            max_connections=None, max_keepalive_connections=200, keepalive_expiry=2.0
+        ),
         trust_env=False,
     )
     pool = InstancePool(settings, Spawner(settings, http), store)

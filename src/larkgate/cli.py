@@ -123,6 +123,7 @@ def _run(settings: Settings) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.stop_grace) + 5,
+        timeout_keep_alive=int(settings.client_keepalive),
         server_header=False,
     )
     return 0

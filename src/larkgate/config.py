@@ -133,7 +133,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Extra V8 flags put on each child's node command line",
     )
-    max_instances: int = Field(20, ge=1, description="Most user children running at once")
+    max_instances: int = Field(
+        20, ge=1, description="Most user children running at once; warm spares come on top"
+    )
     warm_spares: int = Field(1, ge=0, description="Started children kept ready for newcomers")
     idle_timeout: float = Field(
         1800.0, gt=0, description="Seconds a user child may sit idle before it is stopped"
@@ -154,6 +156,9 @@ class Settings(BaseSettings):
     session_idle_timeout: float = Field(
         3600.0, gt=0, description="Seconds before an unused MCP session is forgotten"
     )
+    client_keepalive: float = Field(
+        30.0, gt=0, description="Seconds an idle client connection is kept open for reuse"
+    )
     keepalive_interval: float = Field(
         15.0, gt=0, description="Seconds between keep-alive comments on idle event streams"
     )
@@ -162,6 +167,11 @@ class Settings(BaseSettings):
         300.0, ge=0, description="Refresh an access token this many seconds before it expires"
     )
     feishu_timeout: float = Field(15.0, gt=0, description="Seconds for one call to Feishu")
+    refresh_answer_wait: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a refresh waits in the background for Feishu's late answer",
+    )
     refresh_attempts: int = Field(
         4, ge=1, description="Tries of one token refresh while Feishu fails for a passing reason"
     )

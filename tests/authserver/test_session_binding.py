@@ -108,3 +108,19 @@ def test_an_sse_session_opened_with_a_token_keeps_to_its_user(
     assert as_alice.status_code == 202
     assert kind == "message"
     assert "acting as you" in json.loads(data)["result"]["instructions"]
+
+
+def test_unknown_credentials_are_rate_limited_but_expired_tokens_always_get_their_401(
+    start_gateway: Callable[..., GatewayServer],
+) -> None:
+    gateway = start_gateway(mcp_auth="oauth", auth_rate_limit=2)
+    with httpx.Client(base_url=gateway.url, timeout=30, trust_env=False) as http:
+        grant = obtain_grant(http, gateway.url, "alice")
+        gateway.clock.advance(gateway.settings.oauth_access_token_ttl + 1)
+        expired = [
+            http.post("/mcp", json=INIT, headers=bearer(grant.access_token)) for _ in range(6)
+        ]
+        guesses = [http.post("/mcp", json=INIT, headers=bearer("lga_guess")) for _ in range(6)]
+    assert {r.status_code for r in expired} == {401}
+    assert 'error_description="the access token expired"' in expired[0].headers["www-authenticate"]
+    assert 429 in {r.status_code for r in guesses}

@@ -318,11 +318,13 @@ async def test_no_token_appears_in_any_log_line_page_or_file(
         refused = await call(client)
     async with httpx.AsyncClient(trust_env=False) as http:
         health = (await http.get(f"{gateway.url}/health")).text
+        metrics = (await http.get(f"{gateway.url}/metrics")).text
         bad_state = (await http.get(f"{gateway.url}/oauth/callback?state=x&code=y")).text
 
     secrets = issued_secrets(emulator) | {emulator.state.config.app_secret}
     assert len(secrets) > 5
-    texts = {"health": health, "login page": page.text, "bad state page": bad_state}
+    texts = {"health": health, "metrics": metrics, "login page": page.text}
+    texts["bad state page"] = bad_state
     texts["refused result"] = tool_text(refused)
     texts |= {f"log line {n}": line for n, line in enumerate(log_lines.lines)}
     texts |= files_under(gateway.settings.data_dir)

@@ -78,18 +78,41 @@ async def test_unreachable_feishu_is_a_passing_failure(
     assert bench.store.get_user(alice).needs_login is None
 
 
-async def test_a_timed_out_refresh_is_retried_and_not_a_logout(
+async def test_a_refresh_feishu_answers_late_is_stored_and_not_sent_twice(
     make_bench: Callable[..., Bench],
 ) -> None:
-    bench = make_bench(feishu_timeout=0.2, refresh_attempts=2)
+    bench = make_bench(feishu_timeout=0.2)
     alice = await bench.login("alice")
     bench.advance(ACCESS_TTL + 1)
-    bench.emulator.state.faults.hang(1.0, "token")
+    bench.emulator.state.faults.hang(0.8, "token")
 
     with pytest.raises(TryAgain):
-        await bench.keeper.access_token(alice)
+        await bench.keeper.access_token(alice)  # answered after one call's time
+    bench.emulator.state.faults.hang(0, "all")
+    with pytest.raises(TryAgain):
+        await bench.keeper.access_token(alice)  # joins the refresh still waiting
+    await asyncio.sleep(1.0)  # Feishu's late answer arrives meanwhile
 
+    assert await bench.keeper.access_token(alice) == bench.feishu_tokens(alice)["access_token"]
+    assert len(bench.refresh_calls(alice)) == 1
     assert bench.store.get_user(alice).needs_login is None
+
+
+async def test_an_answer_lost_in_the_network_is_a_clear_login_request(
+    make_bench: Callable[..., Bench],
+) -> None:
+    bench = make_bench(feishu_timeout=0.2, refresh_answer_wait=0.3, refresh_attempts=1)
+    alice = await bench.login("alice")
+    bench.advance(ACCESS_TTL + 1)
+    bench.emulator.state.faults.hang(0.6, "token")  # Feishu acts, but after we stop listening
+    with pytest.raises(TryAgain):
+        await bench.keeper.access_token(alice)
+    bench.emulator.state.faults.hang(0, "all")
+    await asyncio.sleep(1.0)
+
+    with pytest.raises(NeedsLogin, match="lost \\(a network failure"):
+        await bench.keeper.access_token(alice)
+    assert bench.refresh_calls(alice)[-1].code == 20073
 
 
 async def test_429_waits_for_the_reset_feishu_names(bench: Bench) -> None:
@@ -138,7 +161,7 @@ async def test_a_refresh_token_used_elsewhere_asks_for_a_login(bench: Bench) -> 
     bench.emulator.state.grants.refresh(bench.stored(alice).refresh_token)
     bench.advance(ACCESS_TTL + 1)
 
-    with pytest.raises(NeedsLogin, match="already renewed elsewhere or its renewal was lost"):
+    with pytest.raises(NeedsLogin, match="renewal of your login was lost"):
         await bench.keeper.access_token(alice)
     assert bench.refresh_calls(alice)[-1].code == 20073
 

@@ -85,10 +85,10 @@ async def test_an_answer_lost_in_a_crash_is_a_clear_login_request_and_nothing_el
     await bench.close()  # the gateway dies holding Alice's unsaved grant
 
     restarted = make_bench(clock=bench.gateway.clock)
-    with pytest.raises(NeedsLogin, match="renewal was lost") as raised:
+    with pytest.raises(NeedsLogin, match="renewal of your login was lost") as raised:
         await restarted.keeper.access_token(alice)
 
-    assert "gateway stopped before saving it" in str(raised.value)
+    assert "gateway stopping before it could save it" in str(raised.value)
     assert restarted.store.raw_user_row(bob) == bob_row
     assert restarted.stored(bob).access_token  # Bob's record still opens
     restarted.advance(ACCESS_TTL)

@@ -40,6 +40,8 @@ from support import GatewayServer, free_port
 PEOPLE = ["alfa", "bravo"]
 TOKEN_PATH = "/open-apis/authen/v2/oauth/token"
 CHILD_TIMEOUT = 4.0
+# Long enough for a login on a loaded machine, short enough to time refreshes out quickly.
+FEISHU_TIMEOUT = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,8 @@ def gateway(
         emulator,
         health_interval=0.5,
         child_timeout=CHILD_TIMEOUT,
-        feishu_timeout=1.0,
+        feishu_timeout=FEISHU_TIMEOUT,
+        refresh_attempts=2,
     ) as server:
         yield server
 
@@ -219,7 +222,7 @@ def test_feishu_answering_a_refresh_after_the_timeout_does_not_lose_the_login(
     times out at the gateway still spends the old refresh token.
     """
     gateway.clock.advance(7300)
-    hang = 3.0
+    hang = FEISHU_TIMEOUT + 2
     emulator.state.faults.hang(hang, "token")
     before = len(emulator.state.calls.matching(TOKEN_PATH))
     with arrivals(emulator, "token") as arrived:
@@ -232,7 +235,8 @@ def test_feishu_answering_a_refresh_after_the_timeout_does_not_lose_the_login(
 
     after = _call(gateway, sessions["bravo"])
     report(
-        f"faults: Feishu answers refreshes after {hang:g}s (gateway waits 1s), {tried} tries -> "
+        f"faults: Feishu answers refreshes after {hang:g}s (gateway waits {FEISHU_TIMEOUT:g}s), "
+        f"{tried} tries -> "
         f"first call {error_code(first) or 'answered'}, next call "
         f"{'answered' if _answered_for(after, 'bravo') else result_text(after)[:160]!r}"
     )

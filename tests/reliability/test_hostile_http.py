@@ -11,6 +11,7 @@ ten times as many.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import string
 from collections import Counter
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -39,6 +41,7 @@ from reliability_kit import (
     INIT,
     LONG,
     compact,
+    error_code,
     log_in,
     new_streamable_session,
     own_chat,
@@ -217,6 +220,33 @@ def test_a_nan_request_id_is_refused_or_answered_in_valid_json(world: World) -> 
     _strict_json(response.text)
 
 
+def test_a_message_lark_mcp_refuses_is_the_clients_error_not_an_unavailable_process(
+    world: World,
+) -> None:
+    """JSON-RPC allows these; lark-mcp answers them with HTTP 400 and a JSON-RPC error.
+
+    Calling that "your lark-mcp process is not available; please retry" sends the client
+    into retrying a request that can never succeed.
+    """
+    refused = {
+        "fractional id": {"jsonrpc": "2.0", "id": 1.5, "method": "tools/list"},
+        "id past 2**53": {"jsonrpc": "2.0", "id": 2**60 + 1, "method": "tools/list"},
+        "params as a list": {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": []},
+    }
+    answers = {}
+    with _fresh_client(world) as http:
+        for what, message in refused.items():
+            response = http.post(
+                "/mcp", json=message, headers={**ACCEPT, "Mcp-Session-Id": world.charlie_session}
+            )
+            answers[what] = response.json()
+    report(f"hostile http: messages lark-mcp refuses -> {compact(answers, 600)}")
+    blamed = [
+        what for what, reply in answers.items() if error_code(reply) == "instance_unavailable"
+    ]
+    assert blamed == []
+
+
 # -- sessions: guessed, reused, crossed ---------------------------------------------------------
 
 
@@ -315,12 +345,10 @@ def test_the_attackers_calls_reach_only_his_own_child_as_himself(world: World) -
 def test_ids_with_path_tricks_never_reach_the_file_system(world: World) -> None:
     data_dir = world.gateway.settings.data_dir
     outside_before = _tree(data_dir.parent)
-    for login in PATH_TRICK_LOGINS:
-        session_id = log_in(world.gateway.url, login)
-        with httpx.Client(base_url=world.gateway.url, timeout=120, trust_env=False) as http:
-            reply = http.post("/mcp", json=CALL, headers={**ACCEPT, "Mcp-Session-Id": session_id})
-        # The emulator names the chat after the person; JSON escapes their backslashes.
-        assert "escape's team chat" in result_text(reply.json()), reply.text
+    with ThreadPoolExecutor(len(PATH_TRICK_LOGINS)) as logins:
+        for answer in logins.map(lambda login: _chat_list_of(world, login), PATH_TRICK_LOGINS):
+            # The emulator names the chat after the person; JSON escapes their backslashes.
+            assert "escape's team chat" in answer, answer
     tricks = ["../../escape", "..%2F..%2Fescape", "/etc/passwd", "..\\..\\escape", "\x00", "."]
     with httpx.Client(base_url=world.gateway.url, timeout=60, trust_env=False) as http:
         for trick in tricks:
@@ -335,17 +363,24 @@ def test_ids_with_path_tricks_never_reach_the_file_system(world: World) -> None:
         relative = path.relative_to(users_dir)
         assert len(relative.parts[0]) == 16 and set(relative.parts[0]) <= set("0123456789abcdef")
     assert not [p for p in data_dir.rglob("*") if "escape" in p.name]
-    assert _tree(data_dir.parent) - outside_before <= {
-        p for p in _tree(data_dir.parent) if p.is_relative_to(data_dir)
-    }
+    created = _tree(data_dir.parent) - outside_before
+    assert [p for p in created if not p.is_relative_to(data_dir)] == []
+
+
+def _chat_list_of(world: World, login: str) -> str:
+    session_id = log_in(world.gateway.url, login)
+    with httpx.Client(base_url=world.gateway.url, timeout=120, trust_env=False) as http:
+        reply = http.post("/mcp", json=CALL, headers={**ACCEPT, "Mcp-Session-Id": session_id})
+    return result_text(reply.json())
 
 
 def _tree(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*")}
+    return set(root.rglob("*"))
 
 
 # -- the fuzzers --------------------------------------------------------------------------------
 
+PATH_PARAM = re.compile(r"\{[^}]+\}")
 HEADER_TEXT = st.text(
     alphabet=st.characters(min_codepoint=0x21, max_codepoint=0xFF, exclude_characters="\x7f"),
     max_size=40,
@@ -498,7 +533,10 @@ def test_fuzzed_requests_to_every_route_never_500_and_never_leak(world: World) -
     @fuzz_settings(200)
     @given(data=st.data())
     def fuzz(data: st.DataObject) -> None:
-        path, methods = data.draw(st.sampled_from(routes + unknown), label="route")
+        template, methods = data.draw(st.sampled_from(routes + unknown), label="route")
+        path = PATH_PARAM.sub(
+            lambda _: quote(data.draw(_session_ids(world, in_header=False)), safe=""), template
+        )
         method = data.draw(st.sampled_from(methods) | st.sampled_from(verbs), label="method")
         params = data.draw(_queries(world), label="query")
         headers = data.draw(_headers(world), label="headers")
@@ -575,17 +613,16 @@ def test_fuzzed_json_rpc_on_sse_never_500_and_reaches_nobody_else(world: World) 
 
     with unhandled_errors() as unhandled:
         fuzz()
-        # Replies keep arriving after the 202s; wait until a marker overtakes them all.
-        with _fresh_client(world) as http:
-            marker = {"jsonrpc": "2.0", "id": "marker", "method": "ping"}
-            assert http.post(url, json=marker).status_code == 202
-        world.charlie_sse.wait_for_reply("marker")
+        # Replies keep arriving after the 202s: wait until Charlie's child has none in flight.
+        charlie = world.emulator.state.config.find_user(ATTACKER)
+        assert charlie is not None
+        child = world.gateway.gateway.pool.child_of(charlie.open_id)
+        assert wait_until(lambda: child is None or child.in_flight == 0, timeout=120)
     report(f"hostile http: SSE message fuzzing statuses {dict(sorted(statuses.items()))}")
     heard = "\n".join(world.charlie_sse.messages)
     assert world.secrets.found_in(heard) == []
     assert len(world.bravo.messages) == bravo_heard, "bravo's stream carried someone else's reply"
     assert unhandled.summary() == []
-    assert wait_until(lambda: world.gateway.gateway.sessions.count()["sse"] >= 2)
     _victims_are_served(world)
 
 

@@ -179,6 +179,9 @@ def test_a_local_process_calling_a_childs_port_directly_gets_nobodys_data(
                 if bearer:
                     headers["Authorization"] = f"Bearer {bearer}"
                 answers.append(http.post(f"{url}/mcp", json=CALL, headers=headers).text)
+            # Asking for the app's own (tenant) token instead of a user's gets nothing either.
+            as_app = {**CALL, "params": {**CALL["params"], "arguments": {"useUAT": False}}}
+            answers.append(http.post(f"{url}/mcp", json=as_app, headers=ACCEPT).text)
             answers.append(http.get(f"{url}/mcp", headers=ACCEPT).text)
             with http.stream("GET", f"{url}/sse") as stream:
                 answers.append(next(stream.iter_raw(), b"").decode(errors="replace"))
@@ -186,12 +189,14 @@ def test_a_local_process_calling_a_childs_port_directly_gets_nobodys_data(
 
     leaked = [label for label, v in secrets.items() if any(v in a for a in answers)]
     as_someone = [c.path for c in reached if c.open_id in deployment.open_ids]
+    as_the_app = [c.path for c in reached if c.token_kind in ("tenant", "app")]
     report(
         f"isolation: {len(answers)} direct requests to {len(ports)} child ports; Feishu saw "
         f"{len(reached)} calls from them, as: {sorted({c.token_kind for c in reached})}"
     )
     assert leaked == []
     assert as_someone == []
+    assert as_the_app == []
 
 
 class Squatter(ThreadingHTTPServer):

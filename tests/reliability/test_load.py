@@ -86,12 +86,6 @@ class RssSampler:
         self._thread.join(10)
 
 
-@pytest.fixture
-def people_emulator(request: pytest.FixtureRequest) -> Iterator[RunningEmulator]:
-    with RunningEmulator(emulator_config(request.param)) as running:
-        yield running
-
-
 def _client_for(login: str, url: str) -> Callable[[], AbstractAsyncContextManager[Any]]:
     """Half the people use HTTP+SSE, the other half Streamable HTTP."""
     if PEOPLE.index(login) % 2 == 0:
@@ -144,6 +138,7 @@ def _cpu_seconds(processes: list[psutil.Process]) -> float:
 
 async def _run_load(serve: ServeProcess, emulator: RunningEmulator, run: LoadRun) -> None:
     everyone = PEOPLE[: run.people]
+    calls = run.people * run.calls_each
     go, all_warm, all_done = anyio.Event(), anyio.Event(), anyio.Event()
     counts = Counter[str]()
 
@@ -167,7 +162,9 @@ async def _run_load(serve: ServeProcess, emulator: RunningEmulator, run: LoadRun
         emulator.state.calls.clear()
         children = serve.children()
         baseline = gateway.memory_info().rss
+        tester = psutil.Process()  # the clients and the emulator run in this process
         gateway_cpu, children_cpu = _cpu_seconds([gateway]), _cpu_seconds(children)
+        tester_cpu = _cpu_seconds([tester])
         psutil.cpu_percent(None)
         started = time.monotonic()
         with RssSampler(gateway) as sampler:
@@ -176,23 +173,28 @@ async def _run_load(serve: ServeProcess, emulator: RunningEmulator, run: LoadRun
                 await all_done.wait()
         wall = time.monotonic() - started
         machine = psutil.cpu_percent(None)
-        gateway_share = 100 * (_cpu_seconds([gateway]) - gateway_cpu) / wall
-        children_share = 100 * (_cpu_seconds(children) - children_cpu) / wall
+        gateway_used = _cpu_seconds([gateway]) - gateway_cpu
+        children_used = _cpu_seconds(children) - children_cpu
+        tester_used = _cpu_seconds([tester]) - tester_cpu
         run.rss_samples = [baseline, *sampler.samples]
         children_rss = sum(_rss(c) for c in children)
 
-    calls = run.people * run.calls_each
     growth = max(run.rss_samples) - baseline
     report(
         f"load: {run.people} people x {run.calls_each} calls = {calls} tool calls "
         f"(half SSE, half Streamable HTTP) in {wall:.1f}s, {calls / wall:.0f} calls/s; "
         f"errors {len(run.errors)}"
     )
+    cores = psutil.cpu_count() or 1
+    ours = 100 * (gateway_used + children_used + tester_used) / (wall * cores)
     report(
-        f"load: machine CPU {machine:.0f}% of {psutil.cpu_count()} cores "
-        f"(a team's ceiling: {CPU_CEILING:.0f}%; the machine is shared with other runs, "
-        f"load average {psutil.getloadavg()[0]:.1f}); gateway process {gateway_share:.0f}% "
-        f"of one core, its {len(children)} lark-mcp children {children_share:.0f}%"
+        f"load: machine CPU {machine:.0f}% of {cores} cores while it ran (a team's ceiling: "
+        f"{CPU_CEILING:.0f}%; load average {psutil.getloadavg()[0]:.1f}, the machine is shared "
+        f"with other runs); this test's own processes used {ours:.0f}% of the machine: gateway "
+        f"{100 * gateway_used / wall:.0f}% of a core ({1000 * gateway_used / calls:.1f} ms CPU "
+        f"a call), {len(children)} lark-mcp children {100 * children_used / wall:.0f}% "
+        f"({1000 * children_used / calls:.1f} ms a call), clients and emulator "
+        f"{100 * tester_used / wall:.0f}%"
     )
     report(
         f"load: gateway RSS {baseline / MIB:.1f} MiB after warm-up, peak "

@@ -19,10 +19,12 @@ from ..store import Store
 from .access_keys import KeysPages
 from .authorize import AuthorizeEndpoint
 from .bearer import Credential, EndpointGuard
+from .db import AuthDb
+from .grants import GrantStore
+from .keystore import KeyStore
 from .metadata import MetadataEndpoints, Resources
 from .ratelimit import RateLimiter
 from .register import RegistrationEndpoint
-from .store import AuthStore
 from .token_endpoint import TokenEndpoint
 from .web import preflight
 
@@ -33,19 +35,24 @@ class AuthServer:
     """Every authorization-server part of one gateway, sharing one store and one rate limiter."""
 
     def __init__(self, settings: Settings, store: Store, login: LoginRoutes, clock: Clock) -> None:
-        self.store = AuthStore(store.path)
+        self._db = AuthDb(store.path)
+        grants, keys = GrantStore(self._db), KeyStore(self._db)
         resources = Resources(settings)
         limiter = RateLimiter(settings.auth_rate_limit)
-        self.guard = EndpointGuard(settings, self.store, store, resources, limiter, clock=clock)
-        self._metadata = MetadataEndpoints(settings, resources)
-        self._register = RegistrationEndpoint(settings, self.store, limiter, clock)
-        self._authorize = AuthorizeEndpoint(
-            settings, self.store, resources, limiter, clock=clock, login=login
+        self.guard = EndpointGuard(
+            settings, grants, keys, store, resources, limiter=limiter, clock=clock
         )
-        self._token = TokenEndpoint(settings, self.store, resources, limiter, clock)
-        self._keys = KeysPages(settings, self.store, store, limiter, clock=clock, login=login)
-        login.follow_ups.extend([self._authorize, self._keys])
-        login.keys_offer = self._keys
+        self._metadata = MetadataEndpoints(settings, resources)
+        self._register = RegistrationEndpoint(settings, grants, limiter, clock)
+        self._authorize = AuthorizeEndpoint(
+            settings, grants, resources, limiter, clock=clock, login=login
+        )
+        self._token = TokenEndpoint(settings, grants, resources, limiter, clock)
+        self._key_pages = KeysPages(
+            settings, keys, grants, store, limiter=limiter, clock=clock, login=login
+        )
+        login.follow_ups.extend([self._authorize, self._key_pages])
+        login.keys_offer = self._key_pages
 
     def routes(self) -> list[Route]:
         return [
@@ -56,16 +63,16 @@ class AuthServer:
             Route("/token", self._token.token, methods=["POST"]),
             Route("/revoke", self._token.revoke, methods=["POST"]),
             *(Route(path, preflight, methods=["OPTIONS"]) for path in _CORS_PATHS),
-            Route("/keys", self._keys.show, methods=["GET"]),
-            Route("/keys/login", self._keys.login, methods=["GET"]),
-            Route("/keys/create", self._keys.create, methods=["POST"]),
-            Route("/keys/revoke", self._keys.revoke, methods=["POST"]),
-            Route("/keys/disconnect", self._keys.disconnect, methods=["POST"]),
-            Route("/keys/logout", self._keys.logout, methods=["POST"]),
+            Route("/keys", self._key_pages.show, methods=["GET"]),
+            Route("/keys/login", self._key_pages.login, methods=["GET"]),
+            Route("/keys/create", self._key_pages.create, methods=["POST"]),
+            Route("/keys/revoke", self._key_pages.revoke, methods=["POST"]),
+            Route("/keys/disconnect", self._key_pages.disconnect, methods=["POST"]),
+            Route("/keys/logout", self._key_pages.logout, methods=["POST"]),
         ]
 
     def close(self) -> None:
-        self.store.close()
+        self._db.close()
 
 
 # Endpoints a browser-based MCP client calls with fetch (no cookies, so any origin may).

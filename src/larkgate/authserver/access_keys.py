@@ -25,8 +25,9 @@ from ..login import LoginRoutes
 from ..store import Store, digest
 from . import audit
 from .authorize import BROWSER_COOKIE
+from .grants import GrantStore
+from .keystore import KeyStore
 from .ratelimit import RateLimiter
-from .store import AuthStore
 from .tokens import mint, same
 from .web import (
     FormError,
@@ -52,15 +53,17 @@ class KeysPages:
     def __init__(
         self,
         settings: Settings,
-        auth_store: AuthStore,
+        keys: KeyStore,
+        grants: GrantStore,
         store: Store,
-        limiter: RateLimiter,
         *,
+        limiter: RateLimiter,
         clock: Clock,
         login: LoginRoutes,
     ) -> None:
         self._settings = settings
-        self._auth_store = auth_store
+        self._keys = keys
+        self._grants = grants
         self._store = store
         self._limiter = limiter
         self._clock = clock
@@ -73,7 +76,7 @@ class KeysPages:
         """Log the browser in to this page (called on the login-link success page)."""
         secret = mint()
         ttl = self._settings.web_session_ttl
-        self._auth_store.put_web_session(secret, user_id, self._clock.now(), ttl)
+        self._keys.put_web_session(secret, user_id, self._clock.now(), ttl)
         set_cookie(response, self._settings, KEYS_COOKIE, secret, ttl)
 
     async def login(self, request: Request) -> Response:
@@ -82,7 +85,7 @@ class KeysPages:
         browser_id = request.cookies.get(cookie_name(self._settings, BROWSER_COOKIE)) or mint()
         subject_id = mint()
         ttl = self._settings.login_state_ttl
-        self._auth_store.put_web_login(subject_id, digest(browser_id), self._clock.now(), ttl)
+        self._keys.put_web_login(subject_id, digest(browser_id), self._clock.now(), ttl)
         response = self._login.begin(subject_id)
         set_cookie(response, self._settings, BROWSER_COOKIE, browser_id, ttl)
         return response
@@ -90,7 +93,7 @@ class KeysPages:
     async def resume(
         self, subject_digest: str, outcome: FeishuUser | str, request: Request
     ) -> Response | None:
-        taken = self._auth_store.take_web_login(subject_digest)
+        taken = self._keys.take_web_login(subject_digest)
         if taken is None:
             return None
         browser_digest, expires_at = taken
@@ -118,7 +121,7 @@ class KeysPages:
         secret = request.cookies.get(cookie_name(self._settings, KEYS_COOKIE))
         if not secret:
             return None
-        user_id = self._auth_store.web_session_user(secret, self._clock.now())
+        user_id = self._keys.web_session_user(secret, self._clock.now())
         return (user_id, secret) if user_id is not None else None
 
     # -- the page --------------------------------------------------------------------------
@@ -140,14 +143,14 @@ class KeysPages:
         user = self._store.get_user(user_id)
         who = html.escape(user.name if user and user.name else "you")
         token = form_token(secret)
-        keys = self._auth_store.list_keys(user_id)
+        keys = self._keys.list_keys(user_id)
         rows = "".join(
             f"<tr><td>{html.escape(k.name)}</td><td><code>{k.key_id}</code></td>"
             f"<td>{_when(k.created_at)}</td><td>{_when(k.last_used_at)}</td>"
             f"<td>{self._button('revoke', token, 'key_id', k.key_id, 'Revoke')}</td></tr>"
             for k in keys
         )
-        apps = self._auth_store.connected_clients(user_id, self._clock.now())
+        apps = self._grants.connected_clients(user_id, self._clock.now())
         app_rows = "".join(
             f"<tr><td>{html.escape(a.client_name or 'unnamed app')}</td>"
             f"<td><code>{html.escape(a.resource)}</code></td><td>{_when(a.created_at)}</td>"
@@ -217,7 +220,7 @@ class KeysPages:
         name = form.get("name", "").strip()
         if _KEY_NAME.fullmatch(name) is None:
             return self._overview(user_id, secret, _notice("Give the key a name (60 characters)."))
-        created = self._auth_store.add_key(
+        created = self._keys.add_key(
             user_id, name, self._clock.now(), self._settings.max_access_keys
         )
         if created is None:
@@ -249,7 +252,7 @@ class KeysPages:
             return checked
         user_id, _secret, form = checked
         key_id = form.get("key_id", "")
-        if self._auth_store.delete_key(user_id, key_id):
+        if self._keys.delete_key(user_id, key_id):
             audit.record(
                 "access key revoked", user_id=user_id, key=key_id, ip=client_address(request)
             )
@@ -261,7 +264,7 @@ class KeysPages:
             return checked
         user_id, _secret, form = checked
         grant_id = form.get("grant_id", "")
-        if self._auth_store.revoke_grant(user_id, grant_id):
+        if self._grants.revoke_grant(user_id, grant_id):
             audit.record(
                 "grant revoked by its user",
                 user_id=user_id,
@@ -275,7 +278,7 @@ class KeysPages:
         if isinstance(checked, Response):
             return checked
         _user_id, secret, _form = checked
-        self._auth_store.end_web_session(secret)
+        self._keys.end_web_session(secret)
         response = redirect(self.url, status=303)
         clear_cookie(response, self._settings, KEYS_COOKIE)
         return response

@@ -25,10 +25,10 @@ from ..feishu.oauth import FeishuUser
 from ..login import LoginRoutes
 from ..store import digest
 from . import audit
+from .grants import AuthorizationRequest, Client, CodeGrant, GrantStore
 from .metadata import Resources, granted_scope
 from .ratelimit import RateLimiter
 from .redirects import is_loopback, matches, sole
-from .store import AuthorizationRequest, AuthStore, Client, CodeGrant
 from .tokens import mint, same, valid_challenge
 from .web import (
     FormError,
@@ -53,7 +53,7 @@ class AuthorizeEndpoint:
     def __init__(
         self,
         settings: Settings,
-        auth_store: AuthStore,
+        grants: GrantStore,
         resources: Resources,
         limiter: RateLimiter,
         *,
@@ -61,7 +61,7 @@ class AuthorizeEndpoint:
         login: LoginRoutes,
     ) -> None:
         self._settings = settings
-        self._store = auth_store
+        self._store = grants
         self._resources = resources
         self._limiter = limiter
         self._clock = clock

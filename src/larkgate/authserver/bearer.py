@@ -27,9 +27,10 @@ from ..instances.pool import user_key
 from ..store import Store, digest
 from ..transports.common import Rejected, http_error
 from ..transports.sessions import Session, SessionTable
+from .grants import GrantStore
+from .keystore import KeyStore
 from .metadata import SCOPE, Resources
 from .ratelimit import RateLimiter
-from .store import AuthStore
 from .tokens import ACCESS_PREFIX, KEY_PREFIX
 from .web import client_address
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 # A key's last use is shown to the minute; writing it on every request would cost a disk
 # write per message for nothing.
 KEY_TOUCH_INTERVAL = 60.0
+UNKNOWN = "unknown credential"
 
 
 @dataclass(frozen=True)
@@ -52,15 +54,17 @@ class EndpointGuard:
     def __init__(
         self,
         settings: Settings,
-        auth_store: AuthStore,
+        grants: GrantStore,
+        keys: KeyStore,
         store: Store,
         resources: Resources,
-        limiter: RateLimiter,
         *,
+        limiter: RateLimiter,
         clock: Clock,
     ) -> None:
         self._settings = settings
-        self._auth_store = auth_store
+        self._grants = grants
+        self._keys = keys
         self._store = store
         self._resources = resources
         self._limiter = limiter
@@ -95,45 +99,53 @@ class EndpointGuard:
                 raise Rejected(self._challenge(endpoint, "invalid_request", "use Bearer"))
         else:
             secret, in_header = key or "", False
-        credential = self._verify(secret, endpoint, in_header)
-        if credential is None:
-            address = client_address(request)
-            if not self._limiter.allow("bearer", address):
-                raise Rejected(
-                    http_error(
-                        429,
-                        errors.RATE_LIMITED,
-                        "too many bad credentials from this address",
-                        **{"Retry-After": str(self._limiter.retry_after)},
-                    )
-                )
-            log.info("refused a credential on /%s from %s", endpoint, address)
+        verdict = self._verify(secret, endpoint, in_header)
+        if isinstance(verdict, Credential):
+            return verdict
+        address = client_address(request)
+        # Only unknown credentials count: an expired token is a real client that must get its
+        # 401 to renew, and guessing a 256-bit secret is hopeless anyway; the limit keeps a
+        # scanner from filling the log.
+        if verdict == UNKNOWN and not self._limiter.allow("bearer", address):
             raise Rejected(
-                self._challenge(endpoint, "invalid_token", "the credential is not valid here")
+                http_error(
+                    429,
+                    errors.RATE_LIMITED,
+                    "too many unknown credentials from this address",
+                    **{"Retry-After": str(self._limiter.retry_after)},
+                )
             )
-        return credential
+        log.info("refused a credential on /%s from %s: %s", endpoint, address, verdict)
+        raise Rejected(self._challenge(endpoint, "invalid_token", verdict))
 
-    def _verify(self, secret: str, endpoint: str, in_header: bool) -> Credential | None:
+    def _verify(self, secret: str, endpoint: str, in_header: bool) -> Credential | str:
+        """The credential, or why not (the error_description sent back)."""
         if secret.startswith(KEY_PREFIX):
-            owner = self._auth_store.key_owner(secret)
+            owner = self._keys.key_owner(secret)
             if owner is None:
-                return None
+                return UNKNOWN
             key_id, user_id = owner
             self._touch_key(key_id)
             return Credential(user_id, "key", key_id, in_header)
-        # OAuth tokens never travel in URLs (RFC 6750 section 2.3 is off in OAuth 2.1).
-        if not secret.startswith(ACCESS_PREFIX) or not in_header:
-            return None
-        token = self._auth_store.access_token_owner(secret, self._clock.now())
-        if token is None or not self._resources.accepts(token.audience, endpoint):
-            return None
+        if not secret.startswith(ACCESS_PREFIX):
+            return UNKNOWN
+        if not in_header:
+            # OAuth 2.1 drops RFC 6750's URL query method; only personal keys go in URLs.
+            return "access tokens go in the Authorization header"
+        token = self._grants.access_token_owner(secret)
+        if token is None:
+            return UNKNOWN
+        if token.expires_at <= self._clock.now():
+            return "the access token expired"
+        if not self._resources.accepts(token.audience, endpoint):
+            return "the access token was issued for another resource"
         return Credential(token.user_id, "token", token.client_id, in_header)
 
     def _touch_key(self, key_id: str) -> None:
         now = self._clock.now()
         if now - self._key_touched.get(key_id, float("-inf")) >= KEY_TOUCH_INTERVAL:
             self._key_touched[key_id] = now
-            self._auth_store.touch_key(key_id, now)
+            self._keys.touch_key(key_id, now)
 
     def _challenge(self, endpoint: str, error: str | None, message: str) -> Response:
         params = [f'resource_metadata="{self._resources.metadata_url(endpoint)}"']
@@ -164,7 +176,7 @@ class EndpointGuard:
     def admit(self, session: Session, credential: Credential | None, endpoint: str) -> None:
         """Let a request into an existing session, or raise Rejected (404 or 401)."""
         if credential is None:
-            if self._auth_store.session_needs_credential(session.session_id):
+            if self._keys.session_needs_credential(session.session_id):
                 raise Rejected(self._challenge(endpoint, None, "this session needs its login"))
             return
         if session.user_id is None:
@@ -186,4 +198,4 @@ class EndpointGuard:
     def _remember(self, session_id: str, transport: str, credential: Credential) -> None:
         # An SSE session's message URL is the gateway's and never carries ?key=.
         needs = credential.in_header or transport != "sse"
-        self._auth_store.bind_session_credential(session_id, credential.user_id, needs)
+        self._keys.bind_session_credential(session_id, credential.user_id, needs)

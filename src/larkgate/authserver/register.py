@@ -20,9 +20,9 @@ from starlette.responses import Response
 from ..clock import Clock
 from ..config import Settings
 from . import audit
+from .grants import GrantStore
 from .ratelimit import RateLimiter
 from .redirects import MAX_REDIRECT_URIS, RedirectRefused, check_registrable, is_loopback
-from .store import AuthStore
 from .web import MAX_FORM_BYTES, client_address, json_answer, oauth_error, rate_limited_json
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,10 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 class RegistrationEndpoint:
     def __init__(
-        self, settings: Settings, auth_store: AuthStore, limiter: RateLimiter, clock: Clock
+        self, settings: Settings, grants: GrantStore, limiter: RateLimiter, clock: Clock
     ) -> None:
         self._settings = settings
-        self._store = auth_store
+        self._store = grants
         self._limiter = limiter
         self._clock = clock
 

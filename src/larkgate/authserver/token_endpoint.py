@@ -18,10 +18,10 @@ from starlette.responses import Response
 from ..clock import Clock
 from ..config import Settings
 from . import audit
+from .grants import GrantStore, IssuedTokens, Redeemed
 from .metadata import Resources
 from .ratelimit import RateLimiter
 from .redirects import sole
-from .store import AuthStore, IssuedTokens, Redeemed
 from .tokens import verifier_matches
 from .web import (
     CORS_HEADERS,
@@ -40,13 +40,13 @@ class TokenEndpoint:
     def __init__(
         self,
         settings: Settings,
-        auth_store: AuthStore,
+        grants: GrantStore,
         resources: Resources,
         limiter: RateLimiter,
         clock: Clock,
     ) -> None:
         self._settings = settings
-        self._store = auth_store
+        self._store = grants
         self._resources = resources
         self._limiter = limiter
         self._clock = clock

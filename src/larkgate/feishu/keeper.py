@@ -10,7 +10,9 @@ and so does a refresh whose answer is lost. Hence:
   write fails, the new tokens stay in memory and are written before anything else is done for
   that user; the dead refresh token is never sent again.
 - Passing failures leave the stored tokens alone and are retried with backoff and jitter; an
-  access token that is still valid keeps serving meanwhile.
+  access token that is still valid keeps serving meanwhile. A slow answer is waited for in
+  the background, since Feishu spends the old refresh token whether or not we listen; callers
+  hear "try again" after one call's time and the answer is stored when it comes.
 - Only Feishu's verdict on the user's grant asks the user to log in again, with the reason
   kept. A refusal of the gateway's own set-up never does.
 """
@@ -204,12 +206,31 @@ class TokenKeeper:
                 flight = self._launch(user_id, need, background)
             elif not background:
                 flight.priority.background = False
-            landing = await asyncio.shield(flight.task)
+            try:
+                landing = await self._landing(flight, background)
+            except TimeoutError:
+                return self._meanwhile(user_id, need)
             # A flight launched for another need may have had nothing to do for ours.
             if not joined or landing.tried or not self._applies(need, landing.tokens):
                 return landing.tokens
         assert landing is not None
         return landing.tokens
+
+    async def _landing(self, flight: _Flight, background: bool) -> _Landing:
+        """Wait for the flight; an interactive caller only as long as one call to Feishu."""
+        waiting = asyncio.shield(flight.task)
+        if background:
+            return await waiting
+        return await asyncio.wait_for(waiting, self._settings.feishu_timeout)
+
+    def _meanwhile(self, user_id: str, need: _Need) -> Tokens:
+        """Feishu is slow to answer a refresh. The flight keeps waiting and stores the answer
+        when it comes (the old refresh token may be spent already); this caller goes on."""
+        tokens, _version = self._stored(user_id)
+        if need.why is Why.EXPIRING and self._clock.now() < tokens.access_expires_at:
+            return tokens
+        log.warning("refresh of user %s still waits for Feishu's answer", user_key(user_id))
+        raise TryAgain(TRY_AGAIN)
 
     def _launch(self, user_id: str, need: _Need, background: bool) -> _Flight:
         priority = Priority(background=background)
@@ -245,13 +266,10 @@ class TokenKeeper:
         self, user_id: str, refresh_token: str, priority: Priority
     ) -> TokenGrant:
         s = self._settings
-        ambiguous = False
         for attempt in range(1, s.refresh_attempts + 1):
             try:
                 return await self._oauth.refresh(refresh_token, priority)
             except FeishuError as exc:
-                ambiguous = ambiguous or exc.ambiguous
-                exc.ambiguous = ambiguous
                 if not exc.transient:
                     raise
                 self.outcomes["transient"] += 1
@@ -403,14 +421,9 @@ def _refusal_reason(exc: FeishuError) -> str:
     if exc.code == 20064:
         return "your Feishu login was revoked (you or an administrator withdrew this app's access)"
     if exc.code == 20073:
-        if exc.ambiguous:
-            return (
-                "Feishu's answer to a renewal of your login was lost on the way, and Feishu "
-                "allows each renewal only once"
-            )
         return (
-            "your Feishu login was already renewed elsewhere or its renewal was lost (for "
-            "example the gateway stopped before saving it), and Feishu allows each renewal once"
+            "Feishu's answer to a renewal of your login was lost (a network failure, or the "
+            "gateway stopping before it could save it), and Feishu allows each renewal only once"
         )
     if exc.code == 20026:
         return "Feishu no longer recognises your login"

@@ -59,15 +59,12 @@ class FeishuError(Exception):
         code: int | None = None,
         status: int | None = None,
         retry_after: float | None = None,
-        ambiguous: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.code = code
         self.status = status
         self.retry_after = retry_after
-        # The request may have reached Feishu and been acted on (a timeout, a cut connection).
-        self.ambiguous = ambiguous
 
     @property
     def transient(self) -> bool:
@@ -176,8 +173,14 @@ class FeishuOAuth:
     async def refresh(self, refresh_token: str, priority: Priority) -> TokenGrant:
         if not refresh_token:
             raise ValueError("refresh() needs a refresh token")
+        s = self._settings
+        # Feishu spends the refresh token even if we stop listening, so a slow answer is
+        # waited for (callers are answered meanwhile, see the keeper) rather than given up.
+        patient = httpx.Timeout(
+            s.feishu_timeout, read=max(s.feishu_timeout, s.refresh_answer_wait)
+        )
         return await self._token_call(
-            {"grant_type": "refresh_token", "refresh_token": refresh_token}, priority
+            {"grant_type": "refresh_token", "refresh_token": refresh_token}, priority, patient
         )
 
     async def user_info(self, access_token: str) -> FeishuUser:
@@ -196,7 +199,12 @@ class FeishuOAuth:
             name=str(data.get("name", "")),
         )
 
-    async def _token_call(self, fields: dict[str, str], priority: Priority) -> TokenGrant:
+    async def _token_call(
+        self,
+        fields: dict[str, str],
+        priority: Priority,
+        timeout: httpx.Timeout | float | None = None,
+    ) -> TokenGrant:
         s = self._settings
         payload = {
             "client_id": s.app_id,
@@ -207,12 +215,10 @@ class FeishuOAuth:
         # Lifetimes count from the local clock when we asked: Feishu issued the token no
         # earlier, so a slow answer can only make us refresh a little early, never late.
         asked_at = self._clock.now()
-        body = await self._call("POST", s.token_url, json=payload)
+        body = await self._call("POST", s.token_url, json=payload, timeout=timeout)
         access = body.get("access_token")
         if not isinstance(access, str) or not access:
-            raise FeishuError(
-                "token answer carried no access_token", kind=FailureKind.TRANSIENT, ambiguous=True
-            )
+            raise FeishuError("token answer carried no access_token", kind=FailureKind.TRANSIENT)
         refresh = body.get("refresh_token")
         # Decide by the field's presence, not by the scope string: no (or an empty) refresh
         # token means this login cannot be renewed, and nothing empty is ever stored as one.
@@ -230,18 +236,20 @@ class FeishuOAuth:
             obtained_at=asked_at,
         )
 
-    async def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        timeout: httpx.Timeout | float | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         try:
             response = await self._http.request(
-                method, url, timeout=self._settings.feishu_timeout, **kwargs
+                method, url, timeout=timeout or self._settings.feishu_timeout, **kwargs
             )
         except httpx.HTTPError as exc:
-            # Only a failure to connect proves the request never arrived.
-            sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
             raise FeishuError(
-                f"Feishu unreachable: {type(exc).__name__}",
-                kind=FailureKind.TRANSIENT,
-                ambiguous=sent,
+                f"Feishu unreachable: {type(exc).__name__}", kind=FailureKind.TRANSIENT
             ) from None
         try:
             body = response.json()

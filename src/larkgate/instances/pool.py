@@ -62,6 +62,7 @@ class InstancePool:
         self._spares: list[Child] = []
         self._default: Child | None = None
         self._starting = 0
+        self._starting_users = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._default_lock = asyncio.Lock()
         self._crashes: dict[str, list[float]] = {}
@@ -188,13 +189,14 @@ class InstancePool:
             return await self._place(user_id)
 
     async def _place(self, user_id: str) -> Child:
+        # The cap counts user children only; warm spares are a few extra by design.
+        if self._user_slots() >= self._settings.max_instances:
+            await self._reclaim_one()
         spare = self._take_spare()
         if spare is not None:
             self._adopt(spare, user_id)
             self._fill_spares()
             return spare
-        if self._used_slots() >= self._settings.max_instances:
-            await self._reclaim_one()
         child = await self._spawn(user_id, self.log_path(user_id))
         self._by_user[user_id] = child
         self._fill_spares()
@@ -216,14 +218,11 @@ class InstancePool:
         self._store.record_child(child.pid, child.port, user_id)
         log.info("user %s given spare child %s", user_key(user_id), child.child_id)
 
-    def _used_slots(self) -> int:
-        return len(self._by_user) + len(self._spares) + self._starting
+    def _user_slots(self) -> int:
+        return len(self._by_user) + self._starting_users
 
     async def _reclaim_one(self) -> None:
-        """Free one slot: a spare first, then the least recently used idle user child."""
-        if self._spares:
-            await self._stop(self._spares.pop())
-            return
+        """Free one slot by stopping the least recently used idle user child."""
         idle = [c for c in self._by_user.values() if c.idle]
         if not idle:
             self.events["refused"] += 1
@@ -246,10 +245,12 @@ class InstancePool:
 
     async def _spawn(self, user_id: str | None, log_path: Path) -> Child:
         self._starting += 1
+        self._starting_users += user_id is not None
         try:
             child = await self._spawner.start(log_path)
         finally:
             self._starting -= 1
+            self._starting_users -= user_id is not None
         child.user_id = user_id
         self.events["spawns"] += 1
         self._store.record_child(child.pid, child.port, user_id)
@@ -269,11 +270,7 @@ class InstancePool:
         self._spare_fill = asyncio.ensure_future(self._fill_spares_now())
 
     async def _fill_spares_now(self) -> None:
-        while (
-            not self._closed
-            and len(self._spares) < self._settings.warm_spares
-            and self._used_slots() < self._settings.max_instances
-        ):
+        while not self._closed and len(self._spares) < self._settings.warm_spares:
             try:
                 spare = await self._spawn(None, self.log_path(None))
             except StartFailed as exc:

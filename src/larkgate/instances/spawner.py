@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # this placeholder is never sent to Feishu because each request carries the real one.
 TOKEN_PLACEHOLDER = "larkgate-per-request"  # noqa: S105 (not a secret)
 PING = b'{"jsonrpc":"2.0","id":"larkgate-probe","method":"ping"}'
+TOOLS_LIST = b'{"jsonrpc":"2.0","id":"larkgate-warm-up","method":"tools/list"}'
 PARENT_WATCH = Path(__file__).with_name("parent_watch.cjs")
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
@@ -171,9 +172,22 @@ class Spawner:
                     f"see {child.log.path.name}"
                 )
             if await self.probe(child, timeout=1.0):
+                await self._warm_up(child)
                 return
             await asyncio.sleep(0.05)
         raise StartFailed(f"lark-mcp was not ready within {self._settings.start_timeout:g}s")
+
+    async def _warm_up(self, child: Child) -> None:
+        """One tools/list (which reaches no one) so the first real call finds V8 warm."""
+        try:
+            await self._http.post(
+                child.url,
+                content=TOOLS_LIST,
+                headers=MCP_HEADERS,
+                timeout=self._settings.start_timeout,
+            )
+        except httpx.HTTPError as exc:
+            log.debug("warm-up of child %s failed: %s", child.child_id, type(exc).__name__)
 
     async def probe(self, child: Child, timeout: float) -> bool:
         """True when the child answers an MCP ping."""
