@@ -10,7 +10,7 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     node_path: str = Field("node", description="Node.js executable that runs lark-mcp")
     lark_mcp_cli: Path | None = Field(
         None, description="Path to lark-mcp's dist/cli.js; empty means node_modules's copy"
+    )
+    child_transport: Literal["sse", "streamable"] = Field(
+        "sse",
+        description="How the gateway talks to children: sse (one connection per child and "
+        "token, half the child CPU per call) or streamable (a POST per call)",
     )
     lark_tools: str = Field(
         "preset.default", description="lark-mcp -t: a preset or comma-separated tool names"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -155,6 +156,7 @@ class Store:
         self._sealer = sealer
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -162,7 +164,6 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
         self._add_new_columns()
-        path.chmod(0o600)
 
     def _add_new_columns(self) -> None:
         with self._tx() as db:
@@ -481,6 +482,19 @@ class Store:
     def list_children(self) -> list[tuple[int, int, str | None]]:
         rows = self._query("SELECT pid, port, user_id FROM children")
         return [(int(r["pid"]), int(r["port"]), r["user_id"]) for r in rows]
+
+
+def _make_private(path: Path) -> None:
+    """The database and its -wal and -shm files hold sealed tokens: mode 0600 from the start.
+
+    SQLite creates the -wal and -shm files with the database file's mode, so creating that file
+    private first keeps all three private whatever the umask.
+    """
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+        if file.exists():
+            file.chmod(0o600)
 
 
 def _renewal_deadline(tokens: Tokens) -> float:

@@ -43,13 +43,22 @@ def open_consent(person: httpx.Client, authorize_url: str) -> httpx.Response:
     return consent
 
 
+def origin_of(url: str) -> dict[str, str]:
+    """The Origin header a browser sends with a form post from a page at ``url``."""
+    parts = urlsplit(url)
+    return {"Origin": f"{parts.scheme}://{parts.netloc}"}
+
+
 def decide(person: httpx.Client, consent: httpx.Response, decision: str) -> httpx.Response:
     request_id = CONSENT_REQUEST.search(consent.text)
     action = CONSENT_ACTION.search(consent.text)
     assert request_id and action, consent.text
+    # A browser sends Origin with a form post unless the page's referrer policy hides it.
+    assert consent.headers["referrer-policy"] == "same-origin"
     return person.post(
         loopback_only(action.group(1)),
         data={"request": request_id.group(1), "decision": decision},
+        headers=origin_of(str(consent.url)),
     )
 
 

@@ -19,6 +19,7 @@ from oauth_person import (
     feishu_login,
     obtain_grant,
     open_session,
+    origin_of,
 )
 
 from larkgate.emulator import RunningEmulator
@@ -41,7 +42,12 @@ def _create_key(person: httpx.Client, gateway: GatewayServer, name: str) -> http
     page = person.get(f"{gateway.url}/keys")
     token = FORM_TOKEN.search(page.text)
     assert token, page.text
-    return person.post(f"{gateway.url}/keys/create", data={"csrf": token.group(1), "name": name})
+    assert page.headers["referrer-policy"] == "same-origin"
+    return person.post(
+        f"{gateway.url}/keys/create",
+        data={"csrf": token.group(1), "name": name},
+        headers=origin_of(gateway.url),
+    )
 
 
 def test_a_key_made_after_a_login_link_works_as_header_and_in_the_sse_url(
@@ -98,6 +104,7 @@ def test_keys_are_listed_with_their_last_use_and_a_revoked_key_stops_working(
             revoked = person.post(
                 f"{oauth_gateway.url}/keys/revoke",
                 data={"csrf": token.group(1), "key_id": key_id},
+                headers=origin_of(oauth_gateway.url),
             )
             assert revoked.status_code == 303
             assert http.post("/mcp", json=INIT, headers=bearer(key.group(0))).status_code == 401
@@ -165,6 +172,7 @@ def test_apps_the_user_allowed_are_listed_and_can_be_disconnected(
             person.post(
                 f"{oauth_gateway.url}/keys/disconnect",
                 data={"csrf": token.group(1), "grant_id": grant_id},
+                headers=origin_of(oauth_gateway.url),
             )
             assert "Test App" not in person.get(f"{oauth_gateway.url}/keys").text
         assert http.post("/mcp", json=INIT, headers=bearer(grant.access_token)).status_code == 401

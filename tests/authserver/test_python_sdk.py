@@ -88,7 +88,7 @@ async def test_the_python_sdk_logs_in_by_itself_and_its_call_reaches_feishu_as_t
         result = await client.call_tool(CHAT_LIST, {"params": {"page_size": 5}})
 
     assert not result.is_error, tool_text(result)
-    assert "Bob" in tool_text(result)
+    assert "Bob" in tool_text(result), tool_text(result)
     assert storage.tokens is not None and storage.tokens.access_token.startswith("lga_")
     assert storage.client is not None and storage.client.client_id.startswith("lgc_")
     calls = emulator.state.calls.matching("/open-apis/im/v1/chats")
@@ -116,7 +116,7 @@ async def test_the_python_sdk_logs_in_again_when_the_gateway_calls_its_token_exp
         Client(streamable_http_client(f"{oauth_gateway.url}/mcp", http_client=http)) as client,
     ):
         result = await client.call_tool(CHAT_LIST, {"params": {"page_size": 5}})
-    assert "Carol" in tool_text(result)
+    assert "Carol" in tool_text(result), tool_text(result)
     assert storage.tokens is not None and storage.tokens.access_token != first.access_token
     assert storage.client == client_before
     assert storage.browser_logins == 2
@@ -146,7 +146,7 @@ async def test_the_python_sdk_renews_an_expired_token_with_a_rotated_refresh_tok
     ):
         result = await client.call_tool(CHAT_LIST, {"params": {"page_size": 5}})
 
-    assert "Alice" in tool_text(result)
+    assert "Alice" in tool_text(result), tool_text(result)
     assert storage.tokens is not None
     assert storage.tokens.access_token != first.access_token
     assert storage.tokens.refresh_token not in (None, first.refresh_token)

@@ -52,7 +52,11 @@ async function playThePerson(authorizationUrl) {
   const action = page.match(/<form method="post" action="([^"]+)"/)[1];
   const decided = await browser.visit(action, {
     method: "POST",
-    headers: { "content-type": "application/x-www-form-urlencoded" },
+    // A browser sends its page's origin with a form post.
+    headers: {
+      "content-type": "application/x-www-form-urlencoded",
+      origin: new URL(consent.url).origin,
+    },
     body: new URLSearchParams({ request, decision: "approve" }).toString(),
   });
   const feishu = await browser.visit(`${decided.headers.get("location")}&emulator_user=${user}`);

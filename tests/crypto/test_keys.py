@@ -17,6 +17,7 @@ from larkgate.keys import LEGACY_KEY_FILE, open_keys, open_store, rotate_key
 from larkgate.store import Store, Tokens
 
 TOKENS = Tokens("u-access", 2e9, "ur-refresh", 2e9 + 86400)
+SUFFIXES = ("", "-wal", "-shm")  # the store, its write-ahead log and shared memory
 
 
 def settings_for(data_dir: Path, **overrides: Any) -> Settings:
@@ -33,10 +34,14 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_the_first_start_creates_a_private_key_file_and_reuses_it(tmp_path: Path) -> None:
+def test_the_first_start_creates_private_key_and_store_files_and_reuses_them(
+    tmp_path: Path,
+) -> None:
     settings = settings_for(tmp_path)
     store = open_store(settings)
     seed(store, "ou_alice")
+    sealed_files = [settings.store_path.with_name(settings.store_path.name + s) for s in SUFFIXES]
+    assert {f.name: mode(f) for f in sealed_files} == {f.name: 0o600 for f in sealed_files}
     store.close()
 
     files = list(settings.keys_dir.glob("*.key"))

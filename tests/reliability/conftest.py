@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import pytest
 from _pytest.terminal import TerminalReporter
 from hostile_kit import HOSTILE_LOGINS
-from reliability_kit import LONG, REPORT, running_gateway
+from reliability_kit import LONG, REPORT, ServeProcess, emulator_config, running_gateway
 
 from larkgate.emulator import EmulatorConfig, RunningEmulator
 from larkgate.emulator.config import make_user
-from support import GatewayServer
+from support import GatewayServer, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +36,18 @@ def attacked_gateway(
     data_dir = tmp_path_factory.mktemp("attacked") / "data"
     with running_gateway(data_dir, attacked_emulator) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """`larkgate serve` as an operator runs it, with alfa and bravo known to its Feishu;
+    shared by the tests that need the real process (starting one costs seconds)."""
+    with RunningEmulator(emulator_config(2)) as emulator:
+        serve = ServeProcess(tmp_path_factory.mktemp("served") / "data", emulator, free_port())
+        try:
+            yield serve.start()
+        finally:
+            serve.cleanup()
 
 
 def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:

@@ -1,10 +1,11 @@
 """Oversized requests and slow clients (slowloris) against `larkgate serve` itself.
 
-What the gateway sets: `larkgate serve` runs uvicorn with its defaults (h11, 5 s keep-alive
-between requests, 16 KiB for an incomplete request head, no connection limit) and the gateway
-caps request bodies at `max_body_bytes`. uvicorn has no deadline for a request's head or body,
-so these tests also pin how long a stalled request may hold its connection. They run against
-the real process because the server's settings live in `larkgate serve`, not in the app.
+What the gateway sets: `larkgate serve` runs uvicorn with its defaults: httptools when it is
+installed (it is, through uvicorn[standard]) else h11, 5 s keep-alive between requests, no
+limit on connections, and a 16 KiB limit on an incomplete request head with h11 only. The
+gateway caps request bodies at `max_body_bytes`. uvicorn has no deadline for a request's head
+or body, so these tests also pin how long a stalled request may hold its connection. They run
+against the real process because the server's settings live in `larkgate serve`, not the app.
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from reliability_kit import ACCEPT, INIT, LONG, ServeProcess, report
 
 from larkgate.config import Settings
-from larkgate.emulator import EmulatorConfig, RunningEmulator
-from support import free_port
 
 # How long a request may take to arrive in full before the gateway cuts it off. A client
 # that has sent nothing, half a head, or part of its body must not hold a connection longer.
 STALL_BOUND = 12.0
 SLOW_CLIENTS = 2000 if LONG else 200
+# How much of one endless request head a test sends before calling it buffered.
+HEAD_FLOOD = 64 << 20
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Server:
     url: str
     port: int
     log: Path
+    process: psutil.Process
 
     def tracebacks(self) -> int:
         text = self.log.read_text(errors="replace")
@@ -44,16 +47,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("connections") / "data"
-    with RunningEmulator(EmulatorConfig()) as emulator:
-        serve = ServeProcess(data_dir, emulator, free_port())
-        try:
-            serve.start()
-            assert serve.log_path is not None
-            yield Server(serve.url, serve.port, serve.log_path)
-        finally:
-            serve.cleanup()
+def gateway(served: ServeProcess) -> Server:
+    assert served.log_path is not None
+    return Server(served.url, served.port, served.log_path, served.ps)
 
 
 def _connect(gateway: Server, data: bytes = b"") -> socket.socket:
@@ -149,6 +145,32 @@ def test_oversized_requests_are_refused_and_harm_nobody(gateway: Server) -> None
     assert answers["declared 10 MB body"].startswith("HTTP/1.1 413")
     assert answers["chunked body 4x the limit"].startswith("HTTP/1.1 413")
     assert gateway.tracebacks() == tracebacks
+
+
+def test_an_endless_request_head_is_cut_off_before_it_fills_memory(gateway: Server) -> None:
+    """A head that never ends must be refused early, not buffered: RSS is the gateway's."""
+    sent = 0
+    before = gateway.process.memory_info().rss
+    peak = before
+    answer = "open"
+    sock = _connect(gateway, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+    try:
+        while sent < HEAD_FLOOD and answer == "open":
+            try:
+                sock.sendall(b"a" * (1 << 20))
+            except OSError:
+                answer = "closed"
+                break
+            sent += 1 << 20
+            answer = _state(sock)
+            peak = max(peak, gateway.process.memory_info().rss)
+    finally:
+        sock.close()
+    report(
+        f"hostile connections: an endless request head: {answer!r} after {sent >> 20} MiB sent; "
+        f"gateway RSS grew {(peak - before) >> 20} MiB meanwhile"
+    )
+    assert answer != "open", f"the gateway buffered a {sent >> 20} MiB request head"
 
 
 def test_many_slow_clients_do_not_stop_others_being_served(gateway: Server) -> None:

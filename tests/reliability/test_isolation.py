@@ -15,13 +15,15 @@ port, which is why the last test here checks who is listening there.
 from __future__ import annotations
 
 import json
+import queue
 import stat
 import threading
-from collections.abc import Iterator
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -31,7 +33,6 @@ from reliability_kit import (
     CALL,
     ServeProcess,
     call_chat_list,
-    emulator_config,
     issued_tokens,
     log_in,
     own_chat,
@@ -41,7 +42,7 @@ from reliability_kit import (
 
 import larkgate.instances.spawner as spawner_module
 from larkgate.emulator import RunningEmulator
-from support import GatewayServer, free_port, login_link_in, play_browser_login
+from support import GatewayServer, login_link_in, play_browser_login
 
 PEOPLE = ["alfa", "bravo"]
 
@@ -68,25 +69,19 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with RunningEmulator(emulator_config(len(PEOPLE))) as emulator:
-        data_dir = tmp_path_factory.mktemp("isolation") / "data"
-        serve = ServeProcess(data_dir, emulator, free_port())
-        try:
-            serve.start()
-            sessions = {login: log_in(serve.url, login) for login in PEOPLE}
-            with ThreadPoolExecutor(len(PEOPLE)) as calls:
-                replies = {p: calls.submit(_call, serve.url, s) for p, s in sessions.items()}
-                for login, reply in replies.items():
-                    assert own_chat(login) in reply.result(300)
-            open_ids = []
-            for login in PEOPLE:
-                person = emulator.state.config.find_user(login)
-                assert person is not None
-                open_ids.append(person.open_id)
-            yield Deployment(serve, emulator, sessions, open_ids)
-        finally:
-            serve.cleanup()
+def deployment(served: ServeProcess) -> Deployment:
+    emulator = served.emulator
+    sessions = {login: log_in(served.url, login) for login in PEOPLE}
+    with ThreadPoolExecutor(len(PEOPLE)) as calls:
+        replies = {p: calls.submit(_call, served.url, s) for p, s in sessions.items()}
+        for login, reply in replies.items():
+            assert own_chat(login) in reply.result(300)
+    open_ids = []
+    for login in PEOPLE:
+        person = emulator.state.config.find_user(login)
+        assert person is not None
+        open_ids.append(person.open_id)
+    return Deployment(served, emulator, sessions, open_ids)
 
 
 def _call(url: str, session_id: str) -> str:
@@ -158,6 +153,8 @@ def test_every_file_under_the_data_dir_is_private_to_the_gateway_account(
 def test_a_local_process_calling_a_childs_port_directly_gets_nobodys_data(
     deployment: Deployment,
 ) -> None:
+    """Whatever a child speaks (SSE or Streamable HTTP), a stranger's own requests to it act
+    as nobody, and messages to a session the stranger guessed go nowhere."""
     ports = sorted(
         {
             c.laddr.port
@@ -169,22 +166,20 @@ def test_a_local_process_calling_a_childs_port_directly_gets_nobodys_data(
     names = [login.capitalize() for login in PEOPLE]
     secrets = {**deployment.secrets(), **dict(zip(names, names, strict=True))}
     secrets.update({f"open_id {n}": open_id for n, open_id in enumerate(deployment.open_ids)})
+    # Asking for the app's own (tenant) token instead of a user's must get nothing either.
+    as_app = {**CALL, "params": {"name": CALL["params"]["name"], "arguments": {"useUAT": False}}}
     before = len(deployment.emulator.state.calls)
     answers: list[str] = []
     with httpx.Client(timeout=60, trust_env=False) as http:
         for port in ports:
-            url = f"http://127.0.0.1:{port}"
+            base = f"http://127.0.0.1:{port}"
             for bearer in (None, "larkgate-per-request", "u-guessed"):
-                headers = dict(ACCEPT)
-                if bearer:
-                    headers["Authorization"] = f"Bearer {bearer}"
-                answers.append(http.post(f"{url}/mcp", json=CALL, headers=headers).text)
-            # Asking for the app's own (tenant) token instead of a user's gets nothing either.
-            as_app = {**CALL, "params": {**CALL["params"], "arguments": {"useUAT": False}}}
-            answers.append(http.post(f"{url}/mcp", json=as_app, headers=ACCEPT).text)
-            answers.append(http.get(f"{url}/mcp", headers=ACCEPT).text)
-            with http.stream("GET", f"{url}/sse") as stream:
-                answers.append(next(stream.iter_raw(), b"").decode(errors="replace"))
+                answers.append(_direct_call(http, base, bearer, CALL))
+            answers.append(_direct_call(http, base, None, as_app))
+            guessed = http.post(
+                f"{base}/messages", params={"sessionId": str(uuid.uuid4())}, json=CALL
+            )
+            answers.append(f"{guessed.status_code} {guessed.text}")
     reached = deployment.emulator.state.calls.matching()[before:]
 
     leaked = [label for label, v in secrets.items() if any(v in a for a in answers)]
@@ -192,18 +187,41 @@ def test_a_local_process_calling_a_childs_port_directly_gets_nobodys_data(
     as_the_app = [c.path for c in reached if c.token_kind in ("tenant", "app")]
     report(
         f"isolation: {len(answers)} direct requests to {len(ports)} child ports; Feishu saw "
-        f"{len(reached)} calls from them, as: {sorted({c.token_kind for c in reached})}"
+        f"{len(reached)} calls from them, as: {sorted({c.token_kind for c in reached})}; "
+        f"a guessed child session: {answers[-1][:80]!r}"
     )
+    assert len(reached) >= len(ports), "the direct tool calls never reached Feishu"
     assert leaked == []
     assert as_someone == []
     assert as_the_app == []
 
 
+def _direct_call(
+    http: httpx.Client, base: str, bearer: str | None, message: dict[str, Any]
+) -> str:
+    """A tool call straight to a child, in whichever of its transports answers."""
+    auth = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    posted = http.post(f"{base}/mcp", json=message, headers={**ACCEPT, **auth})
+    if posted.status_code not in (404, 405):
+        return posted.text
+    with http.stream("GET", f"{base}/sse", headers={"Accept": "text/event-stream", **auth}) as sse:
+        lines = sse.iter_lines()
+        endpoint = next(line for line in lines if line.startswith("data:"))[5:].strip()
+        sent = http.post(f"{base}{endpoint}", json=message, headers=auth)
+        for line in lines:
+            if line.startswith("data:") and f'"id":{message["id"]}' in line.replace(" ", ""):
+                return f"{sent.status_code} {line}"
+    raise AssertionError(f"no answer from {base}")
+
+
 class Squatter(ThreadingHTTPServer):
-    """Listens on 127.0.0.1 and answers every POST like a lark-mcp child would."""
+    """Listens on 127.0.0.1 and answers like a lark-mcp child would, in either transport."""
+
+    daemon_threads = True
 
     def __init__(self) -> None:
         self.authorizations: list[str] = []
+        self.replies: queue.Queue[bytes | None] = queue.Queue()
         super().__init__(("127.0.0.1", 0), _SquatterHandler)
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
         self._thread.start()
@@ -213,6 +231,7 @@ class Squatter(ThreadingHTTPServer):
         return int(self.server_address[1])
 
     def close(self) -> None:
+        self.replies.put(None)
         self.shutdown()
         self.server_close()
 
@@ -220,12 +239,29 @@ class Squatter(ThreadingHTTPServer):
 class _SquatterHandler(BaseHTTPRequestHandler):
     server: Squatter
 
+    def do_GET(self) -> None:
+        self.server.authorizations.append(self.headers.get("authorization") or "")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(b"event: endpoint\ndata: /messages?sessionId=squatted\n\n")
+        self.wfile.flush()
+        while (reply := self.server.replies.get()) is not None:
+            self.wfile.write(b"event: message\ndata: " + reply + b"\n\n")
+            self.wfile.flush()
+
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
         self.server.authorizations.append(self.headers.get("authorization") or "")
         request = json.loads(body or b"{}")
         answer = {"jsonrpc": "2.0", "id": request.get("id"), "result": {"content": []}}
         payload = json.dumps(answer).encode()
+        if self.path.startswith("/messages"):
+            self.server.replies.put(payload)
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -269,6 +305,7 @@ def test_a_process_squatting_a_new_childs_port_never_receives_a_users_token(
             squatter.close()
     tokens = issued_tokens(emulator, [delta.open_id])
     stolen = [a for a in squatter.authorizations if any(t in a for t in tokens)]
+    assert squatter.authorizations, "the gateway never talked to the port it picked"
     report(
         f"isolation: a squatter on a new child's port got {len(squatter.authorizations)} "
         f"requests, {len(stolen)} with the user's token"

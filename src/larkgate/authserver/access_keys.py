@@ -81,7 +81,9 @@ class KeysPages:
 
     async def login(self, request: Request) -> Response:
         if not self._limiter.allow("keys", client_address(request)):
-            return _page_error(429, "Too many requests", "Wait a minute and try again.")
+            return _page_error(
+                429, "Too many requests", "Wait a minute and try again.", errors.RATE_LIMITED
+            )
         browser_id = request.cookies.get(cookie_name(self._settings, BROWSER_COOKIE)) or mint()
         subject_id = mint()
         ttl = self._settings.login_state_ttl
@@ -187,7 +189,9 @@ class KeysPages:
     async def _checked_form(self, request: Request) -> tuple[str, str, dict[str, str]] | Response:
         """(user id, page cookie, form) of a genuine form post, or the page refusing it."""
         if not self._limiter.allow("keys", client_address(request)):
-            return _page_error(429, "Too many requests", "Wait a minute and try again.")
+            return _page_error(
+                429, "Too many requests", "Wait a minute and try again.", errors.RATE_LIMITED
+            )
         visitor = self._visitor(request)
         if visitor is None:
             return _page_error(

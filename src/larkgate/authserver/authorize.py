@@ -71,7 +71,9 @@ class AuthorizeEndpoint:
 
     async def ask(self, request: Request) -> Response:
         if not self._limiter.allow("authorize", client_address(request)):
-            return _refused(429, "Too many requests", "Wait a minute and try again.")
+            return _refused(
+                429, "Too many requests", "Wait a minute and try again.", errors.RATE_LIMITED
+            )
         try:
             params = single_values(list(request.query_params.multi_items()))
         except FormError as exc:
@@ -169,7 +171,9 @@ disconnect the app at any time at <a href="{public}/keys">{public}/keys</a>.</p>
     async def decide(self, request: Request) -> Response:
         address = client_address(request)
         if not self._limiter.allow("authorize", address):
-            return _refused(429, "Too many requests", "Wait a minute and try again.")
+            return _refused(
+                429, "Too many requests", "Wait a minute and try again.", errors.RATE_LIMITED
+            )
         try:
             form = await read_form(request)
         except FormError as exc:

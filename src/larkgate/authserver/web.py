@@ -106,10 +106,14 @@ def redirect(location: str, status: int = 302) -> Response:
 
 
 def framed_page(title: str, body: str, status: int = 200, code: str | None = None) -> Response:
-    """A page that other sites may not frame (consent and key pages are click targets)."""
+    """A page with forms: other sites may not frame it (its buttons are click targets)."""
     response = page(title, body, status=status, code=code)
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    # Under no-referrer, browsers send "Origin: null" with a form post, and the origin
+    # check below could not tell our own forms from forged ones; same-origin still sends
+    # nothing to other sites.
+    response.headers["Referrer-Policy"] = "same-origin"
     return response
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import Settings
 from ..store import Store
-from .spawner import Child, Spawner, StartFailed, kill_group, stop_orphan
+from .spawner import Child, Spawner, StartFailed, kill_group, process_gone, stop_orphan
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,10 @@ class InstancePool:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @property
+    def spawner(self) -> Spawner:
+        return self._spawner
 
     # -- counts and lookups ----------------------------------------------------------------
 
@@ -233,6 +237,16 @@ class InstancePool:
         del self._by_user[victim.user_id]
         self.events["reaps"] += 1
         await self._stop(victim)
+
+    async def discard_if_dead(self, user_id: str, child: Child) -> None:
+        """Drop a user's child whose process is gone, before its watcher notices, so that the
+        next acquire starts a new one; a live child (a dropped connection) is kept."""
+        if not process_gone(child.pid):
+            return
+        if self._by_user.get(user_id) is child:
+            del self._by_user[user_id]
+            self.events["crashes"] += 1
+            await self._stop(child)
 
     async def stop_user(self, user_id: str) -> bool:
         child = self._by_user.pop(user_id, None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -22,10 +23,12 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from ..config import Settings
+from .channel import ChannelClosed, ChannelSet
 from .childlog import ChildLog
 
 log = logging.getLogger(__name__)
@@ -33,8 +36,8 @@ log = logging.getLogger(__name__)
 # lark-mcp rejects every Bearer token it did not mint itself unless some user token is set;
 # this placeholder is never sent to Feishu because each request carries the real one.
 TOKEN_PLACEHOLDER = "larkgate-per-request"  # noqa: S105 (not a secret)
-PING = b'{"jsonrpc":"2.0","id":"larkgate-probe","method":"ping"}'
-TOOLS_LIST = b'{"jsonrpc":"2.0","id":"larkgate-warm-up","method":"tools/list"}'
+PING: dict[str, Any] = {"jsonrpc": "2.0", "id": "larkgate-probe", "method": "ping"}
+TOOLS_LIST: dict[str, Any] = {"jsonrpc": "2.0", "id": "larkgate-warm-up", "method": "tools/list"}
 PARENT_WATCH = Path(__file__).with_name("parent_watch.cjs")
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
@@ -58,10 +61,15 @@ class Child:
     open_streams: int = 0
     last_used: float = field(default_factory=time.monotonic)
     drains: list[asyncio.Task[None]] = field(default_factory=list)
+    channels: ChannelSet | None = None
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
@@ -100,7 +108,7 @@ class Spawner:
             "-d",
             s.open_base_url,
             "-m",
-            "streamable",
+            s.child_transport,
             "--host",
             "127.0.0.1",
             "-p",
@@ -150,6 +158,8 @@ class Spawner:
             raise StartFailed(f"cannot run {self._settings.node_path}: {exc.strerror}") from None
 
         child = Child(child_id=child_id, process=process, port=port, home=home, log=child_log)
+        if self._settings.child_transport == "sse":
+            child.channels = ChannelSet(self._http, child.base_url)
         assert process.stdout is not None and process.stderr is not None
         child.drains = [
             asyncio.create_task(child_log.drain(process.stdout)),
@@ -180,27 +190,45 @@ class Spawner:
     async def _warm_up(self, child: Child) -> None:
         """One tools/list (which reaches no one) so the first real call finds V8 warm."""
         try:
-            await self._http.post(
-                child.url,
-                content=TOOLS_LIST,
-                headers=MCP_HEADERS,
-                timeout=self._settings.start_timeout,
-            )
-        except httpx.HTTPError as exc:
+            await self.call(child, TOOLS_LIST, None, self._settings.start_timeout)
+        except (httpx.HTTPError, ChannelClosed, ValueError) as exc:
             log.debug("warm-up of child %s failed: %s", child.child_id, type(exc).__name__)
 
     async def probe(self, child: Child, timeout: float) -> bool:
         """True when the child answers an MCP ping."""
         try:
-            response = await self._http.post(
-                child.url, content=PING, headers=MCP_HEADERS, timeout=timeout
-            )
-        except httpx.HTTPError:
+            await self.call(child, PING, None, timeout)
+        except (httpx.HTTPError, ChannelClosed, ValueError):
             return False
-        return response.status_code == 200
+        return True
+
+    async def call(
+        self, child: Child, message: dict[str, Any], token: str | None, timeout: float
+    ) -> dict[str, Any]:
+        """One JSON-RPC request to the child, its reply back; the token rides as Bearer.
+
+        Raises ChannelClosed or httpx.HTTPError when the child cannot be reached, ValueError
+        when its answer is not JSON-RPC.
+        """
+        if child.channels is not None:
+            return await child.channels.request(token, message, timeout)
+        headers = dict(MCP_HEADERS)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            response = await self._http.post(
+                child.url, content=json.dumps(message).encode(), headers=headers, timeout=timeout
+            )
+        except httpx.ConnectError as exc:
+            raise ChannelClosed(type(exc).__name__, delivered=False) from None
+        if response.status_code != 200:
+            raise ChannelClosed(f"child answered HTTP {response.status_code}", delivered=False)
+        return parse_streamable_reply(response)
 
     async def stop(self, child: Child) -> None:
         """SIGTERM the child's process group, SIGKILL after the grace period, free its files."""
+        if child.channels is not None:
+            await child.channels.close()
         if child.alive:
             _signal_group(child.pid, signal.SIGTERM)
             try:
@@ -222,6 +250,28 @@ class Spawner:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def parse_streamable_reply(response: httpx.Response) -> dict[str, Any]:
+    """lark-mcp's streamable mode answers one request with one SSE ``message`` event."""
+    text = response.text
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        text = "\n".join(
+            line[5:].lstrip() for line in text.splitlines() if line.startswith("data:")
+        )
+    reply = json.loads(text)
+    if not isinstance(reply, dict):
+        raise ValueError("unexpected answer")
+    return reply
+
+
+def process_gone(pid: int) -> bool:
+    """True when the process has exited (a zombie not yet reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
 def kill_group(pid: int) -> None:

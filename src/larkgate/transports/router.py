@@ -8,7 +8,6 @@ access token as the Bearer header.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -23,8 +22,9 @@ from .. import __version__, errors, logs
 from ..config import Settings
 from ..feishu.keeper import NeedsLogin, TokenKeeper, TryAgain
 from ..feishu.oauth import parse_scopes
+from ..instances.channel import ChannelClosed
 from ..instances.pool import InstanceFailed, InstancePool, user_key
-from ..instances.spawner import MCP_HEADERS, Child, StartFailed
+from ..instances.spawner import Child, StartFailed
 from ..store import Store
 
 if TYPE_CHECKING:
@@ -40,7 +40,13 @@ _PRIVILEGES = re.compile(r"(?:privilege|scope)s?\b[^\[\]\n]{0,60}\[([^\]]*)\]", 
 
 
 class Unavailable(Exception):
-    """The child could not be reached or answered garbage; the caller gets a clear error."""
+    """The child could not be reached or answered garbage; the caller gets a clear error.
+
+    ``delivered`` is False when the request surely never reached the child."""
+
+    def __init__(self, message: str, *, delivered: bool = True) -> None:
+        super().__init__(message)
+        self.delivered = delivered
 
 
 @dataclass(frozen=True)
@@ -188,16 +194,13 @@ class Router:
         self, caller: Caller, user_id: str, message: dict[str, Any]
     ) -> dict[str, Any]:
         token = await self._keeper.access_token(user_id)
-        async with self._pool.use(user_id) as child:
-            logs.bind(instance=child.child_id)
-            reply = await self.send_to_child(child, message, token)
-            if message.get("method") != "tools/call":
-                return reply
+        reply = await self._ask_users_child(user_id, message, token)
+        if message.get("method") == "tools/call":
             verdict = _feishu_verdict(reply)
             if verdict == "rejected":
                 log.info("token of user %s rejected by Feishu; refreshing once", user_key(user_id))
                 token = await self._keeper.refresh_rejected(user_id, token)
-                reply = await self.send_to_child(child, message, token)
+                reply = await self._ask_users_child(user_id, message, token)
                 verdict = _feishu_verdict(reply)
                 if verdict == "rejected":
                     why = "Feishu no longer accepts your login, even freshly renewed"
@@ -211,47 +214,44 @@ class Router:
                     f"this tool needs Feishu permissions you have not granted ({missing})",
                     _scope_names(missing),
                 )
-            return reply
+        return reply
+
+    async def _ask_users_child(
+        self, user_id: str, message: dict[str, Any], token: str
+    ) -> dict[str, Any]:
+        """Send to the user's child; a child found dead before the request reached it is
+        replaced and the request sent once more (it cannot have had an effect yet)."""
+        for attempt in (1, 2):
+            async with self._pool.use(user_id) as child:
+                logs.bind(instance=child.child_id)
+                try:
+                    return await self.send_to_child(child, message, token)
+                except Unavailable as exc:
+                    if exc.delivered or attempt == 2:
+                        raise
+                    log.info("child of user %s unreachable; trying once more", user_key(user_id))
+                    await self._pool.discard_if_dead(user_id, child)
+        raise AssertionError("unreachable")
 
     async def send_to_child(
         self, child: Child, message: dict[str, Any], token: str | None
     ) -> dict[str, Any]:
-        headers = dict(MCP_HEADERS)
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
         started = time.perf_counter()
         try:
-            response = await self._http.post(
-                child.url,
-                content=json.dumps(message).encode(),
-                headers=headers,
-                timeout=self._settings.child_timeout,
+            return await self._pool.spawner.call(
+                child, message, token, self._settings.child_timeout
             )
-        except httpx.HTTPError as exc:
-            raise Unavailable(type(exc).__name__) from None
+        except ChannelClosed as exc:
+            raise Unavailable(str(exc), delivered=exc.delivered) from None
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise Unavailable(str(exc) or type(exc).__name__) from None
+        except ValueError:
+            raise Unavailable("unreadable answer") from None
         finally:
             elapsed = time.perf_counter() - started
             if self.metrics is not None:
                 self.metrics.child_hop(message.get("method", ""), elapsed)
             log.debug("child hop for %s took %.1f ms", message.get("method"), elapsed * 1000)
-        if response.status_code != 200:
-            raise Unavailable(f"HTTP {response.status_code}")
-        return _parse_child_reply(response)
-
-
-def _parse_child_reply(response: httpx.Response) -> dict[str, Any]:
-    """lark-mcp answers one request with one SSE ``message`` event (or plain JSON)."""
-    text = response.text
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
-        data = [line[5:].lstrip() for line in text.splitlines() if line.startswith("data:")]
-        text = "\n".join(data)
-    try:
-        reply = json.loads(text)
-    except ValueError:
-        raise Unavailable("unreadable answer") from None
-    if not isinstance(reply, dict):
-        raise Unavailable("unexpected answer")
-    return reply
 
 
 def _scope_names(text: str) -> list[str]:
