@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -57,6 +59,8 @@ class Gateway:
 
 
 def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
+    # Everything the gateway writes (store, keys, per-user homes and logs) is its own alone.
+    os.umask(0o077)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     clock = clock or Clock()
     store = open_store(settings)
@@ -151,10 +155,30 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
         *gateway.auth.routes(),
         *ops.routes(),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=ops.middleware())
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=ops.middleware(),
+        exception_handlers={sqlite3.Error: _store_unavailable},
+    )
     app.state.gateway = gateway
     app.state.ops = ops
     return app
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    """The store cannot be read or written (disk full, read-only): say so, change nothing."""
+    log.error("store unavailable: %s", exc)
+    return JSONResponse(
+        errors.rpc_error(
+            None,
+            errors.SERVER_ERROR,
+            "LarkGate cannot reach its store right now; nothing was changed, please retry",
+            errors.STORE_UNAVAILABLE,
+        ),
+        status_code=503,
+        headers={"Retry-After": "30"},
+    )
 
 
 async def _sweep_sessions(gateway: Gateway) -> None:

@@ -134,6 +134,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     emulator_config = EmulatorConfig()
     os.environ.setdefault("LARKGATE_DATA_DIR", "./.larkgate/demo")
+    # The demo shows the login-link flow on both endpoints, so curl and the Inspector work
+    # without an OAuth client; `serve` defaults /mcp to OAuth.
+    os.environ.setdefault("LARKGATE_MCP_AUTH", "login_link")
     with RunningEmulator(emulator_config, port=args.emulator_port) as emulator:
         settings = load_settings(
             app_id=emulator_config.app_id,

@@ -78,20 +78,30 @@ async def test_unreachable_feishu_is_a_passing_failure(
     assert bench.store.get_user(alice).needs_login is None
 
 
+async def until(done: Callable[[], bool]) -> None:
+    """Wait for something the emulator or the keeper does in the background (no timing)."""
+    for _ in range(400):
+        if done():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("it did not happen")
+
+
 async def test_a_refresh_feishu_answers_late_is_stored_and_not_sent_twice(
     make_bench: Callable[..., Bench],
 ) -> None:
     bench = make_bench(feishu_timeout=0.2)
     alice = await bench.login("alice")
+    spent = bench.stored(alice).refresh_token
     bench.advance(ACCESS_TTL + 1)
-    bench.emulator.state.faults.hang(0.8, "token")
+    bench.emulator.state.faults.hang(2.0, "token")
 
     with pytest.raises(TryAgain):
         await bench.keeper.access_token(alice)  # answered after one call's time
     bench.emulator.state.faults.hang(0, "all")
     with pytest.raises(TryAgain):
         await bench.keeper.access_token(alice)  # joins the refresh still waiting
-    await asyncio.sleep(1.0)  # Feishu's late answer arrives meanwhile
+    await until(lambda: bench.stored(alice).refresh_token != spent)  # the late answer, stored
 
     assert await bench.keeper.access_token(alice) == bench.feishu_tokens(alice)["access_token"]
     assert len(bench.refresh_calls(alice)) == 1
@@ -104,11 +114,11 @@ async def test_an_answer_lost_in_the_network_is_a_clear_login_request(
     bench = make_bench(feishu_timeout=0.2, refresh_answer_wait=0.3, refresh_attempts=1)
     alice = await bench.login("alice")
     bench.advance(ACCESS_TTL + 1)
-    bench.emulator.state.faults.hang(0.6, "token")  # Feishu acts, but after we stop listening
+    bench.emulator.state.faults.hang(1.5, "token")  # Feishu acts, but after we stop listening
     with pytest.raises(TryAgain):
         await bench.keeper.access_token(alice)
     bench.emulator.state.faults.hang(0, "all")
-    await asyncio.sleep(1.0)
+    await until(lambda: [c.status for c in bench.refresh_calls(alice)] == [200])
 
     with pytest.raises(NeedsLogin, match="lost \\(a network failure"):
         await bench.keeper.access_token(alice)
@@ -200,7 +210,7 @@ async def test_already_used_because_another_process_renewed_keeps_the_user(
 ) -> None:
     alice = await bench.login("alice")
     bench.advance(ACCESS_TTL + 1)
-    bench.emulator.state.faults.hang(0.5, "token")
+    bench.emulator.state.faults.hang(1.0, "token")
     ours = asyncio.create_task(bench.keeper.access_token(alice))
     await asyncio.sleep(0.2)
     # Meanwhile another gateway process sharing the store renews first and stores its answer.

@@ -150,20 +150,18 @@ def test_after_sigkill_the_children_leave_and_a_restart_keeps_the_user(
     assert "Alice" in result["content"][0]["text"]
 
 
-def test_a_restart_stops_children_a_previous_run_left_running(
-    serve: ServeProcess, tmp_path: Path
-) -> None:
+def test_a_restart_stops_children_a_previous_run_left_running(serve: ServeProcess) -> None:
     serve.start()
     _login_and_call(serve.url, "alice")
     leftover = serve.lark_mcp_children()[0]
-    # Hold the child's stdin open from here, so it cannot notice the gateway's death by
-    # itself; then only the restarted gateway's clean-up of what the store lists stops it.
-    holder = open(f"/proc/{leftover.pid}/fd/0", "wb")  # noqa: SIM115
+    # A stopped child cannot notice the gateway's death by itself, so only the restarted
+    # gateway's clean-up of the children its store lists can end it.
+    leftover.suspend()
     try:
         serve.stop(signal.SIGKILL)
-        time.sleep(1)
         assert leftover.is_running()
         serve.start()
         leftover.wait(30)
     finally:
-        holder.close()
+        if leftover.is_running():
+            leftover.kill()

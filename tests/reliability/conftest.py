@@ -6,12 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 from _pytest.terminal import TerminalReporter
-from hostile_kit import HOSTILE_LOGINS
-from reliability_kit import LONG, REPORT, ServeProcess, emulator_config, running_gateway
 
 from larkgate.emulator import EmulatorConfig, RunningEmulator
 from larkgate.emulator.config import make_user
 from support import GatewayServer, free_port
+
+from .hostile_kit import HOSTILE_LOGINS
+from .reliability_kit import LONG, REPORT, ServeProcess, emulator_config, running_gateway
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +22,7 @@ def _long_tests_only_when_asked(request: pytest.FixtureRequest) -> Iterator[None
     yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def attacked_emulator() -> Iterator[RunningEmulator]:
     """The Feishu of the gateway the hostile tests share (starting one costs seconds)."""
     config = EmulatorConfig(users=[make_user(login) for login in HOSTILE_LOGINS])
@@ -29,7 +30,7 @@ def attacked_emulator() -> Iterator[RunningEmulator]:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def attacked_gateway(
     tmp_path_factory: pytest.TempPathFactory, attacked_emulator: RunningEmulator
 ) -> Iterator[GatewayServer]:
@@ -38,7 +39,7 @@ def attacked_gateway(
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """`larkgate serve` as an operator runs it, with alfa and bravo known to its Feishu;
     shared by the tests that need the real process (starting one costs seconds)."""

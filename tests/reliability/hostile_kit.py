@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from reliability_kit import emulator_tokens, login_link_in
 
 from larkgate.emulator import RunningEmulator
 from support import play_browser_login
+
+from .reliability_kit import emulator_tokens, login_link_in
 
 VICTIMS = ("alfa", "bravo")
 ATTACKER = "charlie"

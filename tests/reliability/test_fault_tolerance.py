@@ -18,7 +18,13 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from reliability_kit import (
+
+from larkgate.emulator import RunningEmulator
+from larkgate.emulator.faults import InjectedFault
+from larkgate.emulator.grants import fingerprint
+from support import GatewayServer, free_port
+
+from .reliability_kit import (
     ServeProcess,
     arrivals,
     call_chat_list,
@@ -31,11 +37,6 @@ from reliability_kit import (
     result_text,
     running_gateway,
 )
-
-from larkgate.emulator import RunningEmulator
-from larkgate.emulator.faults import InjectedFault
-from larkgate.emulator.grants import fingerprint
-from support import GatewayServer, free_port
 
 PEOPLE = ["alfa", "bravo"]
 TOKEN_PATH = "/open-apis/authen/v2/oauth/token"

@@ -22,16 +22,17 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from reliability_kit import ACCEPT, INIT, LONG, ServeProcess, report
 
 from larkgate.config import Settings
+
+from .reliability_kit import ACCEPT, INIT, LONG, ServeProcess, report
 
 # How long a request may take to arrive in full before the gateway cuts it off. A client
 # that has sent nothing, half a head, or part of its body must not hold a connection longer.
 STALL_BOUND = 12.0
 SLOW_CLIENTS = 2000 if LONG else 200
 # How much of one endless request head a test sends before calling it buffered.
-HEAD_FLOOD = 64 << 20
+HEAD_FLOOD = 32 << 20
 
 
 @dataclass

@@ -24,7 +24,13 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from hostile_kit import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from larkgate.emulator import RunningEmulator
+from support import GatewayServer
+
+from .hostile_kit import (
     ATTACKER,
     PATH_TRICK_LOGINS,
     VICTIMS,
@@ -33,9 +39,7 @@ from hostile_kit import (
     sse_login,
     wait_until,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from reliability_kit import (
+from .reliability_kit import (
     ACCEPT,
     CALL,
     INIT,
@@ -49,9 +53,6 @@ from reliability_kit import (
     result_text,
     unhandled_errors,
 )
-
-from larkgate.emulator import RunningEmulator
-from support import GatewayServer
 
 SCALE = 10 if LONG else 1
 INPUTS: Counter[str] = Counter()

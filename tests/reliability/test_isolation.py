@@ -28,7 +28,12 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from reliability_kit import (
+
+import larkgate.instances.spawner as spawner_module
+from larkgate.emulator import RunningEmulator
+from support import GatewayServer, login_link_in, play_browser_login
+
+from .reliability_kit import (
     ACCEPT,
     CALL,
     ServeProcess,
@@ -39,10 +44,6 @@ from reliability_kit import (
     report,
     result_text,
 )
-
-import larkgate.instances.spawner as spawner_module
-from larkgate.emulator import RunningEmulator
-from support import GatewayServer, login_link_in, play_browser_login
 
 PEOPLE = ["alfa", "bravo"]
 

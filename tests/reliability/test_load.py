@@ -19,16 +19,6 @@ from typing import Any
 import anyio
 import psutil
 import pytest
-from reliability_kit import (
-    CHAT_ARGS,
-    CHAT_LIST,
-    PEOPLE,
-    ServeProcess,
-    emulator_config,
-    foreign_chats,
-    own_chat,
-    report,
-)
 
 from larkgate.emulator import RunningEmulator
 from support import (
@@ -38,6 +28,17 @@ from support import (
     sse_mcp_client,
     streamable_client,
     tool_text,
+)
+
+from .reliability_kit import (
+    CHAT_ARGS,
+    CHAT_LIST,
+    PEOPLE,
+    ServeProcess,
+    emulator_config,
+    foreign_chats,
+    own_chat,
+    report,
 )
 
 pytestmark = pytest.mark.anyio

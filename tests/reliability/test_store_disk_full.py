@@ -21,7 +21,11 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from reliability_kit import (
+
+from larkgate.emulator import RunningEmulator
+from support import GatewayServer
+
+from .reliability_kit import (
     ACCEPT,
     INIT,
     call_chat_list,
@@ -36,9 +40,6 @@ from reliability_kit import (
     running_gateway,
     unhandled_errors,
 )
-
-from larkgate.emulator import RunningEmulator
-from support import GatewayServer
 
 DISK_SIZE = "24m"
 
