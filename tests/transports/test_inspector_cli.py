@@ -7,9 +7,9 @@ import subprocess
 
 import httpx
 import pytest
-from support import REPO, GatewayServer, login_link_in
 
 from larkgate.emulator import RunningEmulator
+from support import REPO, GatewayServer, login_link_in
 
 INSPECTOR = REPO / "node_modules/.bin/mcp-inspector"
 
