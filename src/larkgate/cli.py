@@ -113,6 +113,7 @@ def _run(settings: Settings) -> int:
     import uvicorn
 
     from .app import create_app
+    from .httpserver import head_timeout_protocol
 
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
@@ -124,6 +125,8 @@ def _run(settings: Settings) -> int:
         access_log=False,
         timeout_graceful_shutdown=int(settings.stop_grace) + 5,
         timeout_keep_alive=int(settings.client_keepalive),
+        # h11 bounds request heads to 16 KiB; httptools does not. The subclass adds a deadline.
+        http=head_timeout_protocol(settings.head_timeout),
         server_header=False,
     )
     return 0

@@ -157,6 +157,12 @@ class Settings(BaseSettings):
     busy_retry_after: int = Field(5, ge=1, description="Retry-After seconds when at the cap")
 
     # Sessions and limits
+    head_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client may take to send a request's headers"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client may take to send a request body"
+    )
     max_body_bytes: int = Field(102_400, ge=1024, description="Largest accepted request body")
     session_idle_timeout: float = Field(
         3600.0, gt=0, description="Seconds before an unused MCP session is forgotten"

@@ -17,6 +17,8 @@ SERVER_ERROR = -32000
 # stable string codes
 BAD_JSON = "bad_json"
 BODY_TOO_LARGE = "body_too_large"
+BODY_TIMEOUT = "body_timeout"
+CHILD_REFUSED = "request_refused"
 BAD_ACCEPT = "bad_accept"
 BAD_CONTENT_TYPE = "bad_content_type"
 BAD_ORIGIN = "bad_origin"

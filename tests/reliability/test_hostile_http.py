@@ -561,6 +561,7 @@ def test_fuzzed_requests_to_every_route_never_500_and_never_leak(world: World) -
     with unhandled_errors() as unhandled:
         fuzz()
     report(f"hostile http: route fuzzing statuses {dict(sorted(statuses.items()))}")
+    assert INPUTS["routes"] >= 100 * SCALE, "most fuzzed requests were never sent"
     assert unhandled.summary() == []
     _victims_are_served(world)
 

@@ -92,6 +92,8 @@ class ChildChannel:
                 headers={"Content-Type": "application/json"},
                 timeout=timeout,
             )
+            if 400 <= response.status_code < 500:
+                return refused_reply(message, response)
             if response.status_code not in (200, 202):
                 raise ChannelClosed(
                     f"child answered HTTP {response.status_code} to a message", delivered=False
@@ -158,6 +160,19 @@ class ChildChannel:
             stream, self._stream = self._stream, None
             with contextlib.suppress(httpx.HTTPError, RuntimeError):
                 await stream.__aexit__(None, None, None)
+
+
+def refused_reply(message: dict[str, Any], response: httpx.Response) -> dict[str, Any]:
+    """lark-mcp turned the message down before running it: the client's error, not ours."""
+    return {
+        "jsonrpc": "2.0",
+        "id": message.get("id"),
+        "error": {
+            "code": -32600,
+            "message": f"lark-mcp refused the request (HTTP {response.status_code})",
+            "data": {"code": "request_refused"},
+        },
+    }
 
 
 def sent_at_most(exc: httpx.TransportError) -> bool:

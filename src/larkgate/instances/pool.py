@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
@@ -219,7 +220,7 @@ class InstancePool:
         child.last_used = time.monotonic()
         child.log.move_to(self.log_path(user_id))
         self._by_user[user_id] = child
-        self._store.record_child(child.pid, child.port, user_id)
+        self._remember(child, user_id)
         log.info("user %s given spare child %s", user_key(user_id), child.child_id)
 
     def _user_slots(self) -> int:
@@ -267,16 +268,30 @@ class InstancePool:
             self._starting_users -= user_id is not None
         child.user_id = user_id
         self.events["spawns"] += 1
-        self._store.record_child(child.pid, child.port, user_id)
+        self._remember(child, user_id)
         self._background(self._watch(child))
         return child
+
+    def _remember(self, child: Child, user_id: str | None) -> None:
+        """Note the child in the store so a restart after a crash can stop it. Best effort:
+        with the store unwritable (disk full) the child still serves and is stopped normally."""
+        try:
+            self._store.record_child(child.pid, child.port, user_id)
+        except sqlite3.Error as exc:
+            log.error("could not record child %s in the store: %s", child.child_id, exc)
+
+    def _forget(self, child: Child) -> None:
+        try:
+            self._store.forget_child(child.pid)
+        except sqlite3.Error as exc:
+            log.error("could not drop child %s from the store: %s", child.child_id, exc)
 
     async def _stop(self, child: Child) -> None:
         self._stopping.add(child)
         try:
             await self._spawner.stop(child)
         finally:
-            self._store.forget_child(child.pid)
+            self._forget(child)
 
     def _fill_spares(self) -> None:
         if self._closed or (self._spare_fill is not None and not self._spare_fill.done()):
@@ -303,7 +318,7 @@ class InstancePool:
             self._stopping.discard(child)
             return
         self.events["crashes"] += 1
-        self._store.forget_child(child.pid)
+        self._forget(child)
         user = child.user_id
         log.warning(
             "child %s of %s exited unexpectedly with code %s",

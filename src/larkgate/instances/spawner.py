@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from ..config import Settings
-from .channel import ChannelClosed, ChannelSet
+from .channel import ChannelClosed, ChannelSet, refused_reply
 from .childlog import ChildLog
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,9 @@ class Spawner:
                     f"lark-mcp exited with code {child.process.returncode} while starting; "
                     f"see {child.log.path.name}"
                 )
-            if await self.probe(child, timeout=1.0):
+            # Only talk to the port once the child itself listens on it: another local
+            # process that took the port first must never receive a user's token.
+            if _listens_on(child.pid, child.port) and await self.probe(child, timeout=1.0):
                 await self._warm_up(child)
                 return
             await asyncio.sleep(0.05)
@@ -221,6 +224,8 @@ class Spawner:
             )
         except httpx.ConnectError as exc:
             raise ChannelClosed(type(exc).__name__, delivered=False) from None
+        if 400 <= response.status_code < 500:
+            return refused_reply(message, response)
         if response.status_code != 200:
             raise ChannelClosed(f"child answered HTTP {response.status_code}", delivered=False)
         return parse_streamable_reply(response)
@@ -263,6 +268,16 @@ def parse_streamable_reply(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(reply, dict):
         raise ValueError("unexpected answer")
     return reply
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections
+    )
 
 
 def process_gone(pid: int) -> bool:

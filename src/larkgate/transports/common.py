@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from .. import errors
@@ -20,6 +21,11 @@ class Rejected(Exception):
     def __init__(self, response: Response) -> None:
         super().__init__(response.status_code)
         self.response = response
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON; echoing them back would make invalid JSON."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def new_session_id() -> str:
@@ -36,7 +42,10 @@ def check_origin(request: Request, settings: Settings) -> None:
     origin = request.headers.get("origin")
     if origin is None or origin in settings.allowed_origins:
         return
-    host = urlsplit(origin).hostname or ""
+    try:
+        host = urlsplit(origin).hostname or ""
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        host = ""
     if origin == settings.public_url or host in ("localhost", "127.0.0.1", "::1"):
         return
     raise Rejected(http_error(403, errors.BAD_ORIGIN, f"Origin {origin[:100]!r} is not allowed"))
@@ -50,14 +59,27 @@ async def read_json_body(request: Request, settings: Settings) -> Any:
         raise Rejected(http_error(413, errors.BODY_TOO_LARGE, f"body over {limit} bytes"))
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Rejected(http_error(413, errors.BODY_TOO_LARGE, f"body over {limit} bytes"))
-        chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError):
+        async with asyncio.timeout(settings.body_timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Rejected(
+                        http_error(413, errors.BODY_TOO_LARGE, f"body over {limit} bytes")
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Rejected(
+            http_error(
+                408, errors.BODY_TIMEOUT, f"body not received within {settings.body_timeout:g}s"
+            )
+        ) from None
+    except ClientDisconnect:
+        # Nobody is left to answer; this only ends the request quietly.
+        raise Rejected(Response(status_code=400)) from None
+    try:
+        return json.loads(b"".join(chunks), parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise Rejected(
             JSONResponse(
                 errors.rpc_error(

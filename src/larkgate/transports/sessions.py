@@ -43,9 +43,11 @@ class SessionTable:
         """The session, if it exists for this transport; refreshes its user binding."""
         session = self._live.get(session_id)
         record = self._store.get_session(session_id)
-        if record is None or record.transport != transport:
+        if record is None:
             self._live.pop(session_id, None)
             return None
+        if record.transport != transport:
+            return None  # someone else's transport: not found here, untouched there
         if session is None:
             session = Session(session_id=session_id, transport=transport, user_id=record.user_id)
             self._live[session_id] = session
