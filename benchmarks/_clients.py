@@ -22,6 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from larkgate.instances.channel import ChildChannel
+
 ACCEPT = "application/json, text/event-stream"
 PROTOCOL_VERSION = "2025-06-18"
 CHAT_LIST = "im_v1_chat_list"
@@ -326,6 +328,24 @@ class SseSession:
         if self._stream is not None:
             with contextlib.suppress(httpx.HTTPError, RuntimeError):
                 await self._stream.__aexit__(None, None, None)
+
+
+class DirectSseChild:
+    """A lark-mcp child in SSE mode, over one connection opened with the user's token: the
+    floor for the gateway's default hop, called with the gateway's own channel code."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, token: str | None) -> None:
+        self._channel = ChildChannel(http, base_url, token)
+        self._opened = False
+
+    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        if not self._opened:
+            await self._channel.open(30.0)
+            self._opened = True
+        return await self._channel.request(message, 120.0)
+
+    async def close(self) -> None:
+        await self._channel.close()
 
 
 class DirectChild:

@@ -34,6 +34,7 @@ import httpx
 import psutil
 from _clients import (
     DirectChild,
+    DirectSseChild,
     SseSession,
     StreamableSession,
     check_tool_reply,
@@ -223,6 +224,10 @@ async def set_up_user(
     return user
 
 
+def gateway_child_transport(gateway: GatewayProcess) -> str:
+    return str(gateway.settings.get("child_transport", "sse"))
+
+
 async def attach_direct(
     http: httpx.AsyncClient, emulator: Emulator, gateway: GatewayProcess, users: list[BenchUser]
 ) -> None:
@@ -233,7 +238,11 @@ async def attach_direct(
         pid, port = children[user.open_id]
         token = await emulator_token(http, emulator, user.login)
         user.child_pid = pid
-        direct = DirectChild(http, f"http://127.0.0.1:{port}/mcp", token)
+        direct: DirectChild | DirectSseChild
+        if gateway_child_transport(gateway) == "sse":
+            direct = DirectSseChild(http, f"http://127.0.0.1:{port}", token)
+        else:
+            direct = DirectChild(http, f"http://127.0.0.1:{port}/mcp", token)
         user.routes["direct"] = Route(direct, None, pid)
         user.routes["streamable"] = Route(user.streamable, gateway.pid, pid)
         user.routes["sse"] = Route(user.sse, gateway.pid, pid)

@@ -125,6 +125,9 @@ def _run(settings: Settings) -> int:
         access_log=False,
         timeout_graceful_shutdown=int(settings.stop_grace) + 5,
         timeout_keep_alive=int(settings.client_keepalive),
+        # Past this many connections new ones get 503, so idle sockets cannot use up the file
+        # descriptors that children and the store need.
+        limit_concurrency=settings.max_connections,
         # h11 bounds request heads to 16 KiB; httptools does not. The subclass adds a deadline.
         http=head_timeout_protocol(settings.head_timeout),
         server_header=False,

@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     busy_retry_after: int = Field(5, ge=1, description="Retry-After seconds when at the cap")
 
     # Sessions and limits
+    max_connections: int = Field(
+        2000, ge=10, description="Most client connections at once; more get HTTP 503"
+    )
     head_timeout: float = Field(
         10.0, gt=0, description="Seconds a client may take to send a request's headers"
     )

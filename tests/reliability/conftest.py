@@ -12,7 +12,14 @@ from larkgate.emulator.config import make_user
 from support import GatewayServer, free_port
 
 from .hostile_kit import HOSTILE_LOGINS
-from .reliability_kit import LONG, REPORT, ServeProcess, emulator_config, running_gateway
+from .reliability_kit import (
+    LONG,
+    REPORT,
+    STALL_DEADLINE,
+    ServeProcess,
+    emulator_config,
+    running_gateway,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +51,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """`larkgate serve` as an operator runs it, with alfa and bravo known to its Feishu;
     shared by the tests that need the real process (starting one costs seconds)."""
     with RunningEmulator(emulator_config(2)) as emulator:
-        serve = ServeProcess(tmp_path_factory.mktemp("served") / "data", emulator, free_port())
+        deadlines = {
+            "LARKGATE_HEAD_TIMEOUT": str(STALL_DEADLINE),
+            "LARKGATE_BODY_TIMEOUT": str(STALL_DEADLINE),
+        }
+        data_dir = tmp_path_factory.mktemp("served") / "data"
+        serve = ServeProcess(data_dir, emulator, free_port(), deadlines)
         try:
             yield serve.start()
         finally:

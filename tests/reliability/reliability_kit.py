@@ -81,6 +81,10 @@ PEOPLE = [
     "tango",
 ]
 
+# The head and body deadlines the shared `larkgate serve` runs with (LARKGATE_HEAD_TIMEOUT,
+# LARKGATE_BODY_TIMEOUT), shorter than the defaults so that a slowloris test stays short.
+STALL_DEADLINE = 4.0
+
 # What every report line of the suite is collected into; conftest prints it at the end.
 REPORT: list[str] = []
 

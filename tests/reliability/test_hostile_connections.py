@@ -1,11 +1,10 @@
 """Oversized requests and slow clients (slowloris) against `larkgate serve` itself.
 
-What the gateway sets: `larkgate serve` runs uvicorn with its defaults: httptools when it is
-installed (it is, through uvicorn[standard]) else h11, 5 s keep-alive between requests, no
-limit on connections, and a 16 KiB limit on an incomplete request head with h11 only. The
-gateway caps request bodies at `max_body_bytes`. uvicorn has no deadline for a request's head
-or body, so these tests also pin how long a stalled request may hold its connection. They run
-against the real process because the server's settings live in `larkgate serve`, not the app.
+They run against the real process because the HTTP server's settings live in `larkgate serve`
+(uvicorn's protocol, its limits and deadlines), not in the app. What they pin: a request head
+is bounded in size and in time, a body in size and in time, a client that hangs up is not an
+error, and a crowd of slow clients does not stop anyone else being served. uvicorn sets no
+limit on connections, so file descriptors are the last bound on a crowd; that is reported.
 """
 
 from __future__ import annotations
@@ -25,11 +24,11 @@ import pytest
 
 from larkgate.config import Settings
 
-from .reliability_kit import ACCEPT, INIT, LONG, ServeProcess, report
+from .reliability_kit import ACCEPT, INIT, LONG, STALL_DEADLINE, ServeProcess, report
 
-# How long a request may take to arrive in full before the gateway cuts it off. A client
-# that has sent nothing, half a head, or part of its body must not hold a connection longer.
-STALL_BOUND = 12.0
+# A client that has sent nothing, half a head, or part of its body must be cut off once the
+# gateway's deadline for it passes; the slack is for a loaded CI machine.
+CUT_OFF_WITHIN = STALL_DEADLINE + 4
 SLOW_CLIENTS = 2000 if LONG else 200
 # How much of one endless request head a test sends before calling it buffered.
 HEAD_FLOOD = 32 << 20
@@ -233,7 +232,7 @@ def test_a_client_that_stalls_its_request_is_cut_off(gateway: Server) -> None:
     cut_after: dict[str, float] = {}
     started = time.monotonic()
     try:
-        while len(cut_after) < len(stalled) and time.monotonic() - started < STALL_BOUND + 5:
+        while len(cut_after) < len(stalled) and time.monotonic() - started < CUT_OFF_WITHIN:
             time.sleep(1.0)
             for what, sock in stalled.items():
                 if what in cut_after:
@@ -248,7 +247,10 @@ def test_a_client_that_stalls_its_request_is_cut_off(gateway: Server) -> None:
             sock.close()
     held = [what for what in stalled if what not in cut_after]
     report(
-        f"hostile connections: stalled requests cut off after {cut_after}; still held after "
-        f"{STALL_BOUND + 5:g}s: {held}"
+        f"hostile connections: with {STALL_DEADLINE:g}s deadlines (defaults: head "
+        f"{Settings.model_fields['head_timeout'].default:g}s, body "
+        f"{Settings.model_fields['body_timeout'].default:g}s), stalled requests cut off after "
+        f"{ {what: round(after, 1) for what, after in cut_after.items()} }; still held after "
+        f"{CUT_OFF_WITHIN:g}s: {held}"
     )
     assert held == [], f"clients that {', '.join(held)} hold their connection indefinitely"

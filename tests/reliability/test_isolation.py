@@ -295,18 +295,23 @@ def test_a_process_squatting_a_new_childs_port_never_receives_a_users_token(
         assert play_browser_login(link, "delta").status_code == 200
 
         squatter = Squatter()
-        picked = iter([squatter.port])
+        picked: list[int] = []
         real_free_port = spawner_module.free_port
-        monkeypatch.setattr(
-            spawner_module, "free_port", lambda: next(picked, None) or real_free_port()
-        )
+
+        def squatted_port() -> int:
+            if picked:
+                return real_free_port()
+            picked.append(squatter.port)
+            return squatter.port
+
+        monkeypatch.setattr(spawner_module, "free_port", squatted_port)
         try:
             http.post("/mcp", json=CALL, headers={**ACCEPT, "Mcp-Session-Id": session_id})
         finally:
             squatter.close()
     tokens = issued_tokens(emulator, [delta.open_id])
     stolen = [a for a in squatter.authorizations if any(t in a for t in tokens)]
-    assert squatter.authorizations, "the gateway never talked to the port it picked"
+    assert picked == [squatter.port], "the gateway never picked the squatted port"
     report(
         f"isolation: a squatter on a new child's port got {len(squatter.authorizations)} "
         f"requests, {len(stolen)} with the user's token"

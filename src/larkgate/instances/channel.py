@@ -215,6 +215,7 @@ class ChannelSet:
                 return channel
             channel = ChildChannel(self._http, self._base_url, token)
             await channel.open(timeout)
+            log.debug("opened a channel to %s (%s)", self._base_url, "user" if token else "bare")
             if token is not None:
                 # A user has one current token; older channels finish what they carry.
                 for old_token, old in list(self._channels.items()):

@@ -182,9 +182,12 @@ class Spawner:
                     f"lark-mcp exited with code {child.process.returncode} while starting; "
                     f"see {child.log.path.name}"
                 )
-            # Only talk to the port once the child itself listens on it: another local
-            # process that took the port first must never receive a user's token.
-            if _listens_on(child.pid, child.port) and await self.probe(child, timeout=1.0):
+            if await self.probe(child, timeout=1.0):
+                # The probe carries no token. Before any request that does, make sure it is
+                # the child that listens there: a local process that took the port first
+                # must never receive a user's token.
+                if not await asyncio.to_thread(_listens_on, child.pid, child.port):
+                    raise StartFailed(f"port {child.port} was taken by another process")
                 await self._warm_up(child)
                 return
             await asyncio.sleep(0.05)
