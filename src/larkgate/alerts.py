@@ -187,6 +187,7 @@ class AlertManager:
         self._firing: set[str] = set()
         self._sent_at: deque[float] = deque()
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._tail: asyncio.Task[None] | None = None
         self.recent: deque[AlertRecord] = deque(maxlen=RECENT_KEPT)
         self.suppressed = 0
 
@@ -259,9 +260,18 @@ class AlertManager:
         record = self._record(alert, "sent" if self._sinks else "logged (no webhook set)")
         if not self._sinks:
             return
-        task = asyncio.ensure_future(self._deliver(alert, record))
+        # Deliveries go out one after another, so a bot shows "resolved" after what it ends.
+        task = asyncio.ensure_future(self._deliver_after(self._tail, alert, record))
+        self._tail = task
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver_after(
+        self, previous: asyncio.Task[None] | None, alert: Alert, record: AlertRecord
+    ) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait({previous})
+        await self._deliver(alert, record)
 
     async def _deliver(self, alert: Alert, record: AlertRecord) -> None:
         failures = []
