@@ -59,3 +59,21 @@ def test_serve_without_settings_stops_with_one_line_naming_the_setting(tmp_path:
     lines = out.stderr.strip().splitlines()
     assert lines == [lines[0]] and "LARKGATE_APP_ID" in lines[0]
     assert not (tmp_path / "data").exists()  # nothing half-created
+
+
+def test_a_missing_or_broken_config_file_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LARKGATE_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match=r"nope\.toml"):
+        load_settings()
+    broken = tmp_path / "broken.toml"
+    broken.write_text("app_id = \n")
+    monkeypatch.setenv("LARKGATE_CONFIG", str(broken))
+    with pytest.raises(ConfigError, match=r"broken\.toml is not valid TOML"):
+        load_settings()
+    typo = tmp_path / "typo.toml"
+    typo.write_text('app_secrte = "x"\n')
+    monkeypatch.setenv("LARKGATE_CONFIG", str(typo))
+    with pytest.raises(ConfigError, match=r"unknown setting app_secrte in .*typo.toml"):
+        load_settings()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -441,14 +442,35 @@ def _help(name: str) -> str:
 
 def load_settings(**overrides: Any) -> Settings:
     """Read settings; turn pydantic's report into one line naming the setting."""
+    toml_keys = _check_config_file()
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ".".join(str(p) for p in first["loc"]) or "settings"
+        where = f"{name} in {os.environ[CONFIG_FILE_ENV]}" if name in toml_keys else None
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(
+                f"unknown setting {where or ENV_PREFIX + name.upper()}: see `larkgate settings`"
+            ) from None
         raise ConfigError(
-            f"setting {ENV_PREFIX}{name.upper()} is invalid: {first['msg']}"
+            f"setting {where or ENV_PREFIX + name.upper()} is invalid: {first['msg']}"
         ) from None
+
+
+def _check_config_file() -> set[str]:
+    """The keys of the TOML file named by LARKGATE_CONFIG; a missing or broken file is an
+    error naming it, never silently skipped."""
+    path = os.environ.get(CONFIG_FILE_ENV)
+    if not path:
+        return set()
+    try:
+        with open(path, "rb") as f:
+            return set(tomllib.load(f))
+    except OSError as exc:
+        raise ConfigError(f"{CONFIG_FILE_ENV}={path}: cannot read it ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{CONFIG_FILE_ENV}={path} is not valid TOML: {exc}") from None
 
 
 def describe_settings() -> list[tuple[str, str, str]]:

@@ -146,7 +146,7 @@ class Router:
         user = self._store.get_user(caller.user_id) if caller.user_id else None
         if user is not None and user.needs_login:
             return user.needs_login
-        return "you have not logged in to Feishu yet"
+        return "this MCP session is not logged in to Feishu yet (each new session logs in once)"
 
     def _initialize(self, caller: Caller, message: dict[str, Any]) -> dict[str, Any]:
         params = message.get("params") or {}
