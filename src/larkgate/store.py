@@ -15,15 +15,14 @@ import hashlib
 import json
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from .crypto import Sealer, SealError
+from .database import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -154,44 +153,20 @@ class Store:
     def __init__(self, path: Path, sealer: Sealer) -> None:
         self.path = path
         self._sealer = sealer
-        self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         _make_private(path)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
+        self._database = Database(path, SCHEMA, foreign_keys=True)
         self._add_new_columns()
 
     def _add_new_columns(self) -> None:
-        with self._tx() as db:
+        with self._database.tx() as db:
             for table, column, declaration in _ADDED_COLUMNS:
                 present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                 if column not in present:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            cur = self._db.execute(sql, args)
-            cur.row_factory = sqlite3.Row
-            return list(cur.fetchall())
+        self._database.close()
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -200,9 +175,9 @@ class Store:
 
         Run at start, so a wrong key is a clear refusal then instead of failed logins later.
         """
-        rows = self._query("SELECT value FROM meta WHERE key = ?", (CANARY_KEY,))
+        rows = self._database.query("SELECT value FROM meta WHERE key = ?", (CANARY_KEY,))
         if not rows:
-            with self._tx() as db:
+            with self._database.tx() as db:
                 db.execute(
                     "INSERT OR IGNORE INTO meta VALUES (?, ?)",
                     (CANARY_KEY, self._sealer.seal(b"ok", CANARY_OWNER)),
@@ -213,7 +188,9 @@ class Store:
                 f"the store {self.path} holds records sealed with key id {', '.join(unknown)}, "
                 "which no configured key has"
             )
-        canary = self._query("SELECT value FROM meta WHERE key = ?", (CANARY_KEY,))[0]["value"]
+        canary = self._database.query("SELECT value FROM meta WHERE key = ?", (CANARY_KEY,))[0][
+            "value"
+        ]
         try:
             self._sealer.open_sealed(canary, CANARY_OWNER)
         except SealError as exc:
@@ -224,7 +201,7 @@ class Store:
         """The key ids that sealed at least one record."""
         kids: set[str] = set()
         for column in _SEALED_COLUMNS:
-            rows = self._query(
+            rows = self._database.query(
                 f"SELECT DISTINCT substr({column.blob}, 1, 8) AS kid FROM {column.table} "  # noqa: S608 - names come from _SEALED_COLUMNS
                 f"WHERE {column.blob} IS NOT NULL AND {column.where}"
             )
@@ -241,7 +218,7 @@ class Store:
         primary = self._sealer.primary_kid
         changed = 0
         for column in _SEALED_COLUMNS:
-            rows = self._query(
+            rows = self._database.query(
                 f"SELECT {column.key} AS k, {column.blob} AS b FROM {column.table} "  # noqa: S608 - names come from _SEALED_COLUMNS
                 f"WHERE {column.blob} IS NOT NULL AND {column.where}"
             )
@@ -251,7 +228,7 @@ class Store:
                     continue
                 owner = column.owner(row["k"])
                 new = self._sealer.seal(self._sealer.open_sealed(old, owner), owner)
-                with self._tx() as db:
+                with self._database.tx() as db:
                     cur = db.execute(
                         f"UPDATE {column.table} SET {column.blob} = ? "  # noqa: S608 - names come from _SEALED_COLUMNS
                         f"WHERE {column.key} = ? AND {column.blob} = ?",
@@ -267,7 +244,7 @@ class Store:
     ) -> None:
         now = time.time()
         sealed = self._sealer.seal(tokens.to_json(), user_id)
-        with self._tx() as db:
+        with self._database.tx() as db:
             db.execute(
                 """INSERT INTO users (user_id, union_id, tenant_key, name, tokens, token_version,
                        refresh_expires_at, needs_login, created_at, last_seen_at)
@@ -282,7 +259,7 @@ class Store:
 
     def token_record(self, user_id: str) -> TokenRecord | None:
         """The user's login as stored; raises SealError if the sealed record does not open."""
-        rows = self._query(
+        rows = self._database.query(
             "SELECT tokens, token_version, needs_login FROM users WHERE user_id = ?", (user_id,)
         )
         if not rows:
@@ -306,7 +283,7 @@ class Store:
         the new refresh token survives a crash, and the old one is gone from the store.
         """
         sealed = self._sealer.seal(tokens.to_json(), user_id)
-        with self._tx() as db:
+        with self._database.tx() as db:
             cur = db.execute(
                 """UPDATE users SET tokens = ?, token_version = token_version + 1,
                        refresh_expires_at = ?, needs_login = NULL
@@ -317,7 +294,7 @@ class Store:
 
     def note_renewal_deadline(self, user_id: str, tokens: Tokens) -> None:
         """Record when the user's refresh token expires, for a record stored before we kept it."""
-        with self._tx() as db:
+        with self._database.tx() as db:
             db.execute(
                 "UPDATE users SET refresh_expires_at = ? WHERE user_id = ?",
                 (_renewal_deadline(tokens), user_id),
@@ -328,7 +305,7 @@ class Store:
 
         Returns (user_id, refresh expiry or None when the store does not know it yet).
         """
-        rows = self._query(
+        rows = self._database.query(
             """SELECT user_id, refresh_expires_at FROM users
                WHERE tokens IS NOT NULL AND needs_login IS NULL
                  AND (refresh_expires_at IS NULL
@@ -339,11 +316,11 @@ class Store:
         return [(r["user_id"], r["refresh_expires_at"]) for r in rows]
 
     def mark_needs_login(self, user_id: str, reason: str) -> None:
-        with self._tx() as db:
+        with self._database.tx() as db:
             db.execute("UPDATE users SET needs_login = ? WHERE user_id = ?", (reason, user_id))
 
     def logout_user(self, user_id: str, reason: str) -> None:
-        with self._tx() as db:
+        with self._database.tx() as db:
             db.execute(
                 """UPDATE users SET tokens = NULL, token_version = token_version + 1,
                        needs_login = ? WHERE user_id = ?""",
@@ -352,13 +329,13 @@ class Store:
             db.execute("UPDATE sessions SET user_id = NULL WHERE user_id = ?", (user_id,))
 
     def touch_user(self, user_id: str) -> None:
-        with self._tx() as db:
+        with self._database.tx() as db:
             db.execute(
                 "UPDATE users SET last_seen_at = ? WHERE user_id = ?", (time.time(), user_id)
             )
 
     def get_user(self, user_id: str) -> UserRecord | None:
-        rows = self._query(
+        rows = self._database.query(
             """SELECT user_id, union_id, tenant_key, name, token_version, needs_login,
                       created_at, last_seen_at, tokens IS NOT NULL AS has_tokens
                FROM users WHERE user_id = ?""",
@@ -367,7 +344,7 @@ class Store:
         return _user(rows[0]) if rows else None
 
     def list_users(self) -> list[UserRecord]:
-        rows = self._query(
+        rows = self._database.query(
             """SELECT user_id, union_id, tenant_key, name, token_version, needs_login,
                       created_at, last_seen_at, tokens IS NOT NULL AS has_tokens
                FROM users ORDER BY last_seen_at DESC"""
@@ -376,25 +353,27 @@ class Store:
 
     def raw_user_row(self, user_id: str) -> tuple[Any, ...] | None:
         """The stored row as bytes and values, for checks that a record did not change."""
-        rows = self._query("SELECT * FROM users WHERE user_id = ?", (user_id,))
+        rows = self._database.query("SELECT * FROM users WHERE user_id = ?", (user_id,))
         return tuple(rows[0]) if rows else None
 
     # -- sessions --------------------------------------------------------------------------
 
     def create_session(self, session_id: str, transport: str, user_id: str | None) -> None:
         now = time.time()
-        with self._tx() as db:
+        with self._database.tx() as db:
             db.execute(
                 "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
                 (digest(session_id), transport, user_id, now, now),
             )
 
     def get_session(self, session_id: str) -> SessionRecord | None:
-        rows = self._query("SELECT * FROM sessions WHERE digest = ?", (digest(session_id),))
+        rows = self._database.query(
+            "SELECT * FROM sessions WHERE digest = ?", (digest(session_id),)
+        )
         return _session(rows[0]) if rows else None
 
     def bind_session(self, session_digest: str, user_id: str) -> bool:
-        with self._tx() as db:
+        with self._database.tx() as db:
             cur = db.execute(
                 "UPDATE sessions SET user_id = ?, last_seen_at = ? WHERE digest = ?",
                 (user_id, time.time(), session_digest),
@@ -402,7 +381,7 @@ class Store:
             return cur.rowcount == 1
 
     def touch_session(self, session_id: str) -> None:
-        with self._tx() as db:
+        with self._database.tx() as db:
             db.execute(
                 "UPDATE sessions SET last_seen_at = ? WHERE digest = ?",
                 (time.time(), digest(session_id)),
@@ -412,17 +391,17 @@ class Store:
         return self.end_session_digest(digest(session_id))
 
     def end_session_digest(self, session_digest: str) -> bool:
-        with self._tx() as db:
+        with self._database.tx() as db:
             cur = db.execute("DELETE FROM sessions WHERE digest = ?", (session_digest,))
             return cur.rowcount == 1
 
     def end_idle_sessions(self, older_than: float) -> int:
-        with self._tx() as db:
+        with self._database.tx() as db:
             cur = db.execute("DELETE FROM sessions WHERE last_seen_at < ?", (older_than,))
             return cur.rowcount
 
     def list_sessions(self) -> list[SessionRecord]:
-        rows = self._query("SELECT * FROM sessions ORDER BY last_seen_at DESC")
+        rows = self._database.query("SELECT * FROM sessions ORDER BY last_seen_at DESC")
         return [_session(r) for r in rows]
 
     # -- login states ----------------------------------------------------------------------
@@ -437,7 +416,7 @@ class Store:
     ) -> None:
         state_digest = digest(state)
         sealed = self._sealer.seal(verifier.encode(), state_digest)
-        with self._tx() as db:
+        with self._database.tx() as db:
             db.execute(
                 "DELETE FROM login_states WHERE expires_at < ?",
                 (time.time() if now is None else now,),
@@ -454,7 +433,7 @@ class Store:
         cannot be tried again.
         """
         state_digest = digest(state)
-        with self._tx() as db:
+        with self._database.tx() as db:
             cur = db.execute(
                 "DELETE FROM login_states WHERE digest = ? RETURNING session_digest, verifier, "
                 "expires_at",
@@ -469,18 +448,18 @@ class Store:
     # -- child processes (so a restarted gateway can stop the ones a killed run left) ------
 
     def record_child(self, pid: int, port: int, user_id: str | None) -> None:
-        with self._tx() as db:
+        with self._database.tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO children VALUES (?, ?, ?, ?)",
                 (pid, port, user_id, time.time()),
             )
 
     def forget_child(self, pid: int) -> None:
-        with self._tx() as db:
+        with self._database.tx() as db:
             db.execute("DELETE FROM children WHERE pid = ?", (pid,))
 
     def list_children(self) -> list[tuple[int, int, str | None]]:
-        rows = self._query("SELECT pid, port, user_id FROM children")
+        rows = self._database.query("SELECT pid, port, user_id FROM children")
         return [(int(r["pid"]), int(r["port"]), r["user_id"]) for r in rows]
 
 

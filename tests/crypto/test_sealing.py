@@ -72,7 +72,7 @@ async def test_a_token_record_copied_to_another_user_does_not_open(tmp_path: Pat
     for user in ("ou_alice", "ou_bob"):
         tokens = Tokens(f"u-{user}", far, f"ur-{user}", far + 86400, obtained_at=clock.now())
         store.upsert_user(user, union_id="", tenant_key="", name=user, tokens=tokens)
-    with store._tx() as db:
+    with store._database.tx() as db:
         db.execute(
             "UPDATE users SET tokens = (SELECT tokens FROM users WHERE user_id = 'ou_alice') "
             "WHERE user_id = 'ou_bob'"

@@ -82,7 +82,7 @@ async def test_a_passing_failure_is_retried_on_the_next_pass(bench: Bench) -> No
 
 async def test_a_record_stored_before_the_deadline_column_is_looked_at_once(bench: Bench) -> None:
     alice = await bench.login("alice")
-    with bench.store._tx() as db:
+    with bench.store._database.tx() as db:
         db.execute("UPDATE users SET refresh_expires_at = NULL")
 
     report = await bench.gateway.renewal.run_pass()

@@ -7,12 +7,9 @@ secret in these tables (code, token, key, cookie, request id) is a SHA-256 diges
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+
+from ..database import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS auth_clients (
@@ -90,34 +87,8 @@ CREATE TABLE IF NOT EXISTS auth_session_credentials (
 """
 
 
-class AuthDb:
-    """One connection, one lock; every write is one transaction (as in the gateway's store)."""
+class AuthDb(Database):
+    """The authorization server's tables, on the gateway's SQLite file."""
 
     def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            cur = self._db.execute(sql, args)
-            cur.row_factory = sqlite3.Row
-            return list(cur.fetchall())
+        super().__init__(path, SCHEMA)
