@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -234,6 +234,15 @@ class AlertManager:
             return False
         self._send(alert)
         return True
+
+    def resolve_cleared(
+        self, kind: str, still_true: Collection[str], text: Callable[[str], str]
+    ) -> None:
+        """Resolve every firing alert of this kind whose subject is no longer in trouble."""
+        for key in self.firing:
+            fired_kind, _, subject = key.partition(":")
+            if fired_kind == kind and subject not in still_true:
+                self.resolve(kind, subject, text(subject))
 
     @property
     def _limit(self) -> int:

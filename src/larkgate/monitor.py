@@ -250,10 +250,9 @@ class Monitor:
                     ),
                 )
             )
-        for key in self._alerts.firing:
-            kind, _, subject = key.partition(":")
-            if kind == "instance_memory" and subject not in over:
-                self._alerts.resolve(kind, subject, f"Instance {subject} is under the limit.")
+        self._alerts.resolve_cleared(
+            "instance_memory", over, lambda subject: f"Instance {subject} is under the limit."
+        )
 
     def _check_crash_loops(self) -> None:
         pool = self._gateway.pool
@@ -282,10 +281,9 @@ class Monitor:
                         ),
                     )
                 )
-        for key in self._alerts.firing:
-            kind, _, subject = key.partition(":")
-            if kind == "crash_loop" and subject not in failing:
-                self._alerts.resolve(kind, subject, f"The child of user {subject} runs again.")
+        self._alerts.resolve_cleared(
+            "crash_loop", failing, lambda subject: f"The child of user {subject} runs again."
+        )
 
     def _check_default(self) -> None:
         if self._gateway.pool.counts().default_ready:
