@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import psutil
 import uvicorn
 from mcp import Client
 from mcp.client.sse import sse_client
@@ -160,3 +161,17 @@ async def sse_mcp_client(gateway_url: str) -> AsyncIterator[Client]:
 
 def tool_text(result: Any) -> str:
     return "\n".join(getattr(c, "text", "") for c in result.content)
+
+
+def lark_mcp_under(data_dir: str) -> list[psutil.Process]:
+    """The lark-mcp processes whose working directory lies under a gateway's data dir."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            cwd = proc.info["cwd"] or ""
+        except psutil.Error:
+            continue
+        if any("lark-mcp" in part for part in cmdline) and cwd.startswith(data_dir):
+            found.append(proc)
+    return found

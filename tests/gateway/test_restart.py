@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from larkgate.emulator import RunningEmulator
-from support import LARK_MCP_CLI, free_port, login_link_in, play_browser_login
+from support import LARK_MCP_CLI, free_port, lark_mcp_under, login_link_in, play_browser_login
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INIT = {
@@ -73,25 +73,12 @@ class ServeProcess:
         raise AssertionError("gateway did not become healthy")
 
     def lark_mcp_children(self) -> list[psutil.Process]:
-        return _lark_mcp_processes(self.env["LARKGATE_DATA_DIR"])
+        return lark_mcp_under(self.env["LARKGATE_DATA_DIR"])
 
     def stop(self, sig: signal.Signals) -> None:
         assert self.process is not None
         self.process.send_signal(sig)
         self.process.wait(30)
-
-
-def _lark_mcp_processes(data_dir: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline", "cwd"]):
-        try:
-            cmdline = proc.info["cmdline"] or []
-            cwd = proc.info["cwd"] or ""
-        except psutil.Error:
-            continue
-        if any("lark-mcp" in part for part in cmdline) and cwd.startswith(data_dir):
-            found.append(proc)
-    return found
 
 
 @pytest.fixture

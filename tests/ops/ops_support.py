@@ -21,7 +21,7 @@ import httpx
 import psutil
 
 from larkgate.emulator import RunningEmulator
-from support import LARK_MCP_CLI, REPO, login_link_in
+from support import LARK_MCP_CLI, REPO, lark_mcp_under, login_link_in
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INIT = {
@@ -243,19 +243,6 @@ class Serve:
 
     def children(self) -> list[psutil.Process]:
         return lark_mcp_under(self.env["LARKGATE_DATA_DIR"])
-
-
-def lark_mcp_under(data_dir: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline", "cwd"]):
-        try:
-            cmdline = proc.info["cmdline"] or []
-            cwd = proc.info["cwd"] or ""
-        except psutil.Error:
-            continue
-        if any("lark-mcp" in part for part in cmdline) and cwd.startswith(data_dir):
-            found.append(proc)
-    return found
 
 
 def kill_all(processes: Iterator[psutil.Process] | list[psutil.Process]) -> None:

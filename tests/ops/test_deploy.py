@@ -20,10 +20,10 @@ import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
-from ops_support import CHAT_LIST, Seen, gateway_env, kill_all, lark_mcp_under, login, wait_until
+from ops_support import CHAT_LIST, Seen, gateway_env, kill_all, login, wait_until
 
 from larkgate.emulator import RunningEmulator
-from support import REPO, free_port, login_link_in, tool_text
+from support import REPO, free_port, lark_mcp_under, login_link_in, tool_text
 
 PM2 = REPO / "node_modules/.bin/pm2"
 CADDY = "caddy"

@@ -111,10 +111,11 @@ class Router:
             return self._initialize(caller, message)
         if method == "ping":
             return {"jsonrpc": "2.0", "id": request_id, "result": {}}
-        if method == "tools/call" and not self._logged_in(caller):
+        logged_in = self._logged_in(caller)  # one store read per message on the hot path
+        if method == "tools/call" and not logged_in:
             return self._login_result(caller, request_id, self._why_login(caller))
         try:
-            if caller.user_id is None or not self._logged_in(caller):
+            if caller.user_id is None or not logged_in:
                 return await self._relay_anonymous(message)
             return await self._relay_user(caller, caller.user_id, message)
         except NeedsLogin as exc:
