@@ -3,6 +3,7 @@
 - ``StreamableSession``: POST /mcp with the gateway's ``Mcp-Session-Id``;
 - ``SseSession``: GET /sse, POST /messages?sessionId=..., replies read off the stream;
 - ``DirectChild``: POST to a lark-mcp child's /mcp with the user's token as Bearer header.
+- ``DirectSseChild``: a lark-mcp child in SSE mode, through ``SseSession`` with the user's token.
 
 Each has ``call(message) -> reply``; ``tool_call(seq)`` builds the benchmark's tools/call.
 """
@@ -21,8 +22,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-
-from larkgate.instances.channel import ChildChannel
 
 ACCEPT = "application/json, text/event-stream"
 PROTOCOL_VERSION = "2025-06-18"
@@ -331,21 +330,21 @@ class SseSession:
 
 
 class DirectSseChild:
-    """A lark-mcp child in SSE mode, over one connection opened with the user's token: the
-    floor for the gateway's default hop, called with the gateway's own channel code."""
+    """A lark-mcp child in SSE mode, over one stream opened with the user's token: the floor
+    for the gateway's default hop, called with the same client code as the gateway's /sse."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, token: str | None) -> None:
-        self._channel = ChildChannel(http, base_url, token)
+    def __init__(self, http: httpx.AsyncClient, base_url: str, token: str) -> None:
+        self._session = SseSession(http, base_url, headers={"Authorization": f"Bearer {token}"})
         self._opened = False
 
     async def call(self, message: dict[str, Any]) -> dict[str, Any]:
         if not self._opened:
-            await self._channel.open(30.0)
+            await self._session.open()
             self._opened = True
-        return await self._channel.request(message, 120.0)
+        return await self._session.call(message, timeout=120.0)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._session.close()
 
 
 class DirectChild:

@@ -28,6 +28,7 @@ from larkgate.app import Gateway, create_app
 from larkgate.clock import Clock
 from larkgate.config import Settings, load_settings
 from larkgate.emulator import RunningEmulator
+from larkgate.httpserver import server_config
 
 REPO = Path(__file__).resolve().parent.parent
 LARK_MCP_CLI = REPO / "node_modules/@larksuiteoapi/lark-mcp/dist/cli.js"
@@ -74,15 +75,7 @@ class GatewayServer:
         self.clock = clock or Clock()
         self.app = create_app(settings, self.clock)
         self.gateway: Gateway = self.app.state.gateway
-        config = uvicorn.Config(
-            self.app,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
-        )
+        config = server_config(self.app, settings, lifespan="on", timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None

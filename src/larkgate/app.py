@@ -64,19 +64,20 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     clock = clock or Clock()
     store = open_store(settings)
+    # The client for Feishu and alert hooks; children have their own (instances.channel).
+    # Idle connections close after 2 s, before a server's usual 5 s keep-alive closes them.
     http = httpx.AsyncClient(
-        # Idle connections are dropped before Node's 5 s keep-alive can close them under us.
         limits=httpx.Limits(
             max_connections=None, max_keepalive_connections=200, keepalive_expiry=2.0
         ),
         trust_env=False,
     )
-    pool = InstancePool(settings, Spawner(settings, http), store)
+    pool = InstancePool(settings, Spawner(settings), store)
     oauth = FeishuOAuth(settings, http, clock)
     keeper = TokenKeeper(settings, store, oauth, clock)
     renewal = RenewalJob(settings, store, keeper, clock)
     sessions = SessionTable(settings, store)
-    router = Router(settings, store, pool, keeper, http)
+    router = Router(settings, store, pool, keeper)
     login = LoginRoutes(settings, store, sessions, oauth, clock)
     auth = AuthServer(settings, store, login, clock)
     return Gateway(

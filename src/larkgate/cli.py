@@ -113,26 +113,13 @@ def _run(settings: Settings) -> int:
     import uvicorn
 
     from .app import create_app
-    from .httpserver import head_timeout_protocol
+    from .httpserver import server_config
 
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.stop_grace) + 5,
-        timeout_keep_alive=int(settings.client_keepalive),
-        # Past this many connections new ones get 503, so idle sockets cannot use up the file
-        # descriptors that children and the store need.
-        limit_concurrency=settings.max_connections,
-        # h11 bounds request heads to 16 KiB; httptools does not. The subclass adds a deadline.
-        http=head_timeout_protocol(settings.head_timeout),
-        server_header=False,
-    )
-    return 0
+    server = uvicorn.Server(server_config(app, settings))
+    server.run()
+    return 0 if server.started else 3  # uvicorn's own code for a server that never started
 
 
 def _demo(args: argparse.Namespace) -> int:

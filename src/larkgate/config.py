@@ -161,6 +161,9 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         2000, ge=10, description="Most client connections at once; more get HTTP 503"
     )
+    max_head_bytes: int = Field(
+        16384, ge=1024, description="Largest request head (request line and headers); more: 431"
+    )
     head_timeout: float = Field(
         10.0, gt=0, description="Seconds a client may take to send a request's headers"
     )

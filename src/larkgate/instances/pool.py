@@ -105,6 +105,7 @@ class InstancePool:
         self._spares.clear()
         self._default = None
         await asyncio.gather(*(self._stop(c) for c in children), return_exceptions=True)
+        await self._spawner.close()
 
     def _stop_orphans(self) -> None:
         for pid, _port, _user in self._store.list_children():

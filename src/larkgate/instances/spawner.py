@@ -1,6 +1,6 @@
 """Starts and stops one lark-mcp child process.
 
-A child is the real ``dist/cli.js`` run by ``node`` in streamable mode on a loopback port, with
+A child is the real ``dist/cli.js`` run by ``node`` in SSE mode on a loopback port, with
 an environment built from nothing, its own HOME and working directory, and its own process
 group so that a stop reaches every process it made. The user's token is never in its argv or
 environment: the gateway sends it as the Bearer header of each request.
@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import psutil
 
 from ..config import Settings
-from .channel import ChannelClosed, ChannelSet, refused_reply
+from .channel import ChannelClosed, ChannelSet, child_session, refused_reply
 from .childlog import ChildLog
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,22 @@ def free_port() -> int:
 
 
 class Spawner:
-    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._http = http
+        self._http: aiohttp.ClientSession | None = None
         self._children_dir = settings.data_dir / "children"
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The client for the hop to children, made on first use inside the running loop."""
+        if self._http is None:
+            self._http = child_session()
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.close()
 
     def command(self, port: int) -> list[str]:
         s = self._settings
@@ -160,7 +172,7 @@ class Spawner:
 
         child = Child(child_id=child_id, process=process, port=port, home=home, log=child_log)
         if self._settings.child_transport == "sse":
-            child.channels = ChannelSet(self._http, child.base_url)
+            child.channels = ChannelSet(self.http, child.base_url)
         assert process.stdout is not None and process.stderr is not None
         child.drains = [
             asyncio.create_task(child_log.drain(process.stdout)),
@@ -197,14 +209,14 @@ class Spawner:
         """One tools/list (which reaches no one) so the first real call finds V8 warm."""
         try:
             await self.call(child, TOOLS_LIST, None, self._settings.start_timeout)
-        except (httpx.HTTPError, ChannelClosed, ValueError) as exc:
+        except (ChannelClosed, TimeoutError, ValueError) as exc:
             log.debug("warm-up of child %s failed: %s", child.child_id, type(exc).__name__)
 
     async def probe(self, child: Child, timeout: float) -> bool:
         """True when the child answers an MCP ping."""
         try:
             await self.call(child, PING, None, timeout)
-        except (httpx.HTTPError, ChannelClosed, ValueError):
+        except (ChannelClosed, TimeoutError, ValueError):
             return False
         return True
 
@@ -213,8 +225,8 @@ class Spawner:
     ) -> dict[str, Any]:
         """One JSON-RPC request to the child, its reply back; the token rides as Bearer.
 
-        Raises ChannelClosed or httpx.HTTPError when the child cannot be reached, ValueError
-        when its answer is not JSON-RPC.
+        Raises ChannelClosed when the child cannot be reached, TimeoutError when it does not
+        answer in time, ValueError when its answer is not JSON-RPC.
         """
         if child.channels is not None:
             return await child.channels.request(token, message, timeout)
@@ -222,16 +234,21 @@ class Spawner:
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         try:
-            response = await self._http.post(
-                child.url, content=json.dumps(message).encode(), headers=headers, timeout=timeout
-            )
-        except httpx.ConnectError as exc:
+            async with (
+                asyncio.timeout(timeout),
+                self.http.post(child.url, data=json.dumps(message).encode(), headers=headers) as r,
+            ):
+                body = await r.text()
+                status, content_type = r.status, r.content_type
+        except aiohttp.ClientConnectorError as exc:
             raise ChannelClosed(type(exc).__name__, delivered=False) from None
-        if 400 <= response.status_code < 500:
-            return refused_reply(message, response)
-        if response.status_code != 200:
-            raise ChannelClosed(f"child answered HTTP {response.status_code}", delivered=False)
-        return parse_streamable_reply(response)
+        except aiohttp.ClientError as exc:
+            raise ChannelClosed(type(exc).__name__) from None
+        if 400 <= status < 500:
+            return refused_reply(message, status)
+        if status != 200:
+            raise ChannelClosed(f"child answered HTTP {status}", delivered=False)
+        return parse_streamable_reply(body, content_type)
 
     async def stop(self, child: Child) -> None:
         """SIGTERM the child's process group, SIGKILL after the grace period, free its files."""
@@ -260,10 +277,9 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def parse_streamable_reply(response: httpx.Response) -> dict[str, Any]:
+def parse_streamable_reply(text: str, content_type: str) -> dict[str, Any]:
     """lark-mcp's streamable mode answers one request with one SSE ``message`` event."""
-    text = response.text
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
+    if content_type == "text/event-stream":
         text = "\n".join(
             line[5:].lstrip() for line in text.splitlines() if line.startswith("data:")
         )

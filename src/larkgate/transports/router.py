@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import httpx
-
 from .. import __version__, errors, logs
 from ..config import Settings
 from ..feishu.keeper import NeedsLogin, TokenKeeper, TryAgain
@@ -64,13 +62,11 @@ class Router:
         store: Store,
         pool: InstancePool,
         keeper: TokenKeeper,
-        http: httpx.AsyncClient,
     ) -> None:
         self._settings = settings
         self._store = store
         self._pool = pool
         self._keeper = keeper
-        self._http = http
         self.metrics: Metrics | None = None  # set by the operations layer
 
     def login_link(self, session_id: str, scopes: Sequence[str] = ()) -> str:
@@ -244,8 +240,8 @@ class Router:
             )
         except ChannelClosed as exc:
             raise Unavailable(str(exc), delivered=exc.delivered) from None
-        except (httpx.HTTPError, TimeoutError) as exc:
-            raise Unavailable(str(exc) or type(exc).__name__) from None
+        except TimeoutError:
+            raise Unavailable(f"no answer within {self._settings.child_timeout:g}s") from None
         except ValueError:
             raise Unavailable("unreadable answer") from None
         finally:
