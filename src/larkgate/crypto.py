@@ -94,6 +94,7 @@ class Sealer:
     def __init__(self, source: KeySource) -> None:
         self._source = source
         self._aeads: dict[tuple[str, bytes], AESGCM] = {}
+        self._openers: dict[str, AESGCM] = {}
 
     @classmethod
     def from_keys(cls, primary: bytes, *others: bytes) -> Sealer:
@@ -118,14 +119,18 @@ class Sealer:
         kid = self.record_kid(record)
         nonce = record[KID_BYTES : KID_BYTES + NONCE_BYTES]
         body = record[KID_BYTES + NONCE_BYTES :]
-        key = self._source.current().keys.get(kid)
-        if key is None:
-            # A rotation in another process may have added a key since this one last looked.
-            key = self._source.reload().keys.get(kid)
-        if key is None:
-            raise SealError(f"sealed with unknown key id {kid}")
+        aead = self._openers.get(kid)
+        if aead is None:
+            key = self._source.current().keys.get(kid)
+            if key is None:
+                # A rotation in another process may have added a key since this one looked.
+                key = self._source.reload().keys.get(kid)
+            if key is None:
+                raise SealError(f"sealed with unknown key id {kid}")
+            # A key id names one key (it is derived from it), so the opener can be kept.
+            aead = self._openers[kid] = AESGCM(key)
         try:
-            return self._aead(kid, key).decrypt(nonce, body, owner.encode())
+            return aead.decrypt(nonce, body, owner.encode())
         except InvalidTag:
             raise SealError(f"record does not open with key {kid} for this owner") from None
 

@@ -259,6 +259,9 @@ class Store:
 
     def token_record(self, user_id: str) -> TokenRecord | None:
         """The user's login as stored; raises SealError if the sealed record does not open."""
+        return self._database.memo(("tokens", user_id), lambda: self._token_record(user_id))
+
+    def _token_record(self, user_id: str) -> TokenRecord | None:
         rows = self._database.query(
             "SELECT tokens, token_version, needs_login FROM users WHERE user_id = ?", (user_id,)
         )
@@ -335,6 +338,9 @@ class Store:
             )
 
     def get_user(self, user_id: str) -> UserRecord | None:
+        return self._database.memo(("user", user_id), lambda: self._get_user(user_id))
+
+    def _get_user(self, user_id: str) -> UserRecord | None:
         rows = self._database.query(
             """SELECT user_id, union_id, tenant_key, name, token_version, needs_login,
                       created_at, last_seen_at, tokens IS NOT NULL AS has_tokens
@@ -367,6 +373,9 @@ class Store:
             )
 
     def get_session(self, session_id: str) -> SessionRecord | None:
+        return self._database.memo(("session", session_id), lambda: self._get_session(session_id))
+
+    def _get_session(self, session_id: str) -> SessionRecord | None:
         rows = self._database.query(
             "SELECT * FROM sessions WHERE digest = ?", (digest(session_id),)
         )

@@ -300,6 +300,9 @@ class GrantStore:
 
     def access_token_owner(self, token: str) -> AccessTokenOwner | None:
         """Whose access token this is, expired or not (the caller judges the expiry)."""
+        return self._db.memo(("access", token), lambda: self._access_token_owner(token))
+
+    def _access_token_owner(self, token: str) -> AccessTokenOwner | None:
         rows = self._db.query(
             "SELECT g.user_id, g.client_id, g.resource, g.grant_id, t.expires_at "
             "FROM auth_tokens t JOIN auth_grants g ON g.grant_id = t.grant_id "
