@@ -41,9 +41,14 @@ from latency import BenchUser, set_up_user
 SMALL_FLAGS = ["--max-semi-space-size=1", "--optimize-for-size"]
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
+    "no-v8-flags": {"child_v8_flags": []},
     "heap192": {"child_heap_mb": 192},
     "heap192-small": {"child_heap_mb": 192, "child_v8_flags": SMALL_FLAGS},
     "heap160": {"child_heap_mb": 160},
+    "semi1": {"child_v8_flags": ["--max-semi-space-size=1"]},
+    "semi2": {"child_v8_flags": ["--max-semi-space-size=2"]},
+    "semi4": {"child_v8_flags": ["--max-semi-space-size=4"]},
+    "optimize-for-size": {"child_v8_flags": ["--optimize-for-size"]},
     "im-preset": {"lark_tools": "preset.im.default"},
     "heap192-small-im": {
         "child_heap_mb": 192,
