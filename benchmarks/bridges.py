@@ -8,18 +8,30 @@ Same run, same users, same tool call as latency.py, with three more paths per us
                 floor for a gateway that would keep one SSE connection per user child
 
 Neither passes a per-user token, so each user gets one instance of each, running lark-mcp
-with that user's token in its environment. supergateway has no listen-address option; it is
-started with benchmarks/loopback_only.cjs preloaded so that it binds 127.0.0.1 only. Both are
-installed on first use into a throwaway directory (--bridges-dir, default under /tmp), never
-into the repository.
+with that user's token in its environment and the node flags the gateway gives its children
+(--max-old-space-size=<child_heap_mb>, and child_v8_flags if set). supergateway has no
+listen-address option; it is started with benchmarks/loopback_only.cjs preloaded so that it
+binds 127.0.0.1 only. Both are installed on first use into a throwaway directory
+(--bridges-dir, default under /tmp), never into the repository.
 
-  .venv/bin/python benchmarks/bridges.py                   # 1 and 10 users, ~3 min
-  .venv/bin/python benchmarks/bridges.py --users 1,20
+Up to 10 users every path runs at once. Above 10 users (or with --staged) four lark-mcp per
+user stop fitting in memory, so the fronts take turns (_stages.py): the gateway stage (child
+direct, gateway /mcp, gateway /sse), then supergateway, then mcp-proxy, then child-sse, each
+stage with only its own processes running. A bridge stage measures child direct beside it on
+the gateway stage's children if memory allows keeping them up; otherwise it is compared with
+the gateway stage's floor, marked † in the table. A stage that would not fit in the memory
+available is refused, with the figures, rather than started.
+
+  .venv/bin/python benchmarks/bridges.py                   # 1 and 10 users, ~4 min
+  .venv/bin/python benchmarks/bridges.py --users 1,20,100  # 20 and 100 staged, ~25 min
+  .venv/bin/python benchmarks/bridges.py --users 2 --staged --rounds 1 --calls 20
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import math
 import os
 import shlex
@@ -27,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +47,29 @@ import httpx
 import psutil
 from _clients import SseSession
 from _procs import ProcessSet, Started, free_port
-from _report import describe_busy, markdown_table, rss_mib, save_json, spread
-from _stack import BENCH_DIR, EMULATOR_APP, LARK_MCP_CLI, Emulator, emulator_token
-from latency import MODE_NAMES, BenchUser, Route, build_parser, latency_table, measure
+from _report import describe_busy, machine_busy, markdown_table, rss_mib, save_json, spread
+from _stack import BENCH_DIR, EMULATOR_APP, LARK_MCP_CLI, Emulator, emulator_token, machine_facts
+from _stages import (
+    CHILD_MIB,
+    MemoryBudget,
+    measure_staged,
+    measured_stages,
+    staged_latency_table,
+    staged_memory_table,
+    staged_notes,
+)
+from latency import (
+    MODE_NAMES,
+    SETUP_CONCURRENCY,
+    BenchUser,
+    Route,
+    build_parser,
+    gateway_settings,
+    latency_table,
+    measure,
+)
+
+from larkgate.config import Settings
 
 SUPERGATEWAY_VERSION = "4.0.0"
 MCP_PROXY_VERSION = "0.13.0"
@@ -48,6 +81,7 @@ BRIDGE_MODES = {
 }
 EXTRA_MODES = ("supergateway", "mcp-proxy", "child-sse")
 START_TIMEOUT = 90.0
+STAGED_ABOVE = 10
 
 
 def supergateway_entry(bridges_dir: Path) -> Path:
@@ -80,16 +114,17 @@ def mcp_proxy_program(bridges_dir: Path) -> Path:
     return program
 
 
-def lark_mcp_stdio(emulator: Emulator) -> list[str]:
-    """lark-mcp as the gateway runs it, in stdio mode; the token comes from the environment."""
+def lark_mcp_argv(emulator: Emulator, transport: str, node_flags: list[str]) -> list[str]:
+    """lark-mcp as the gateway runs it, with the same node flags; the token comes separately."""
     return [
         "node",
+        *node_flags,
         str(LARK_MCP_CLI),
         "mcp",
         "-d",
         emulator.url,
         "-m",
-        "stdio",
+        transport,
         "--token-mode",
         "user_access_token",
         "-t",
@@ -104,8 +139,9 @@ def lark_mcp_stdio(emulator: Emulator) -> list[str]:
 class Bridges:
     """Per user: a supergateway, an mcp-proxy and a lark-mcp in SSE mode, added as routes."""
 
-    def __init__(self, bridges_dir: Path, modes: list[str]) -> None:
-        self._modes = modes
+    def __init__(self, bridges_dir: Path, modes: list[str], node_flags: list[str]) -> None:
+        self.modes = [m for m in EXTRA_MODES if m in modes]
+        self.node_flags = node_flags
         self._supergateway = supergateway_entry(bridges_dir) if "supergateway" in modes else None
         self._mcp_proxy = mcp_proxy_program(bridges_dir) if "mcp-proxy" in modes else None
         self.started: dict[str, list[Started]] = {m: [] for m in EXTRA_MODES}
@@ -117,20 +153,43 @@ class Bridges:
         procs: ProcessSet,
         work: Path,
         users: list[BenchUser],
+        modes: Sequence[str] | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
-        gate = asyncio.Semaphore(4)
+        """Start each mode's instance for every user, a few at a time, checking ``budget``."""
+        for mode in self.modes if modes is None else modes:
+            for first in range(0, len(users), SETUP_CONCURRENCY):
+                if budget is not None:
+                    budget.check(mode, len(users) - first)
+                batch = users[first : first + SETUP_CONCURRENCY]
+                await asyncio.gather(
+                    *(self._attach_one(http, emulator, procs, work, u, mode) for u in batch)
+                )
 
-        async def one(user: BenchUser, mode: str) -> None:
-            async with gate:
-                token = await emulator_token(http, emulator, user.login)
-                started, port = self._start(procs, work, user, mode, token, emulator)
-                # lark-mcp's own SSE mode takes the user's token from the GET /sse request.
-                bearer = {"Authorization": f"Bearer {token}"} if mode == "child-sse" else {}
-                user.routes[mode] = await self._connect(http, started, port, bearer)
-                self.started[mode].append(started)
+    async def _attach_one(
+        self,
+        http: httpx.AsyncClient,
+        emulator: Emulator,
+        procs: ProcessSet,
+        work: Path,
+        user: BenchUser,
+        mode: str,
+    ) -> None:
+        token = await emulator_token(http, emulator, user.login)
+        started, port = self._start(procs, work, user, mode, token, emulator)
+        self.started[mode].append(started)
+        # lark-mcp's own SSE mode takes the user's token from the GET /sse request.
+        bearer = {"Authorization": f"Bearer {token}"} if mode == "child-sse" else {}
+        user.routes[mode] = await self._connect(http, started, port, bearer)
 
-        jobs = [one(u, m) for u in users for m in EXTRA_MODES if m in self._modes]
-        await asyncio.gather(*jobs)
+    async def stop(self, procs: ProcessSet, users: list[BenchUser], mode: str) -> None:
+        """Close the users' sessions with ``mode``, then stop its processes, all at once."""
+        for user in users:
+            route = user.routes.pop(mode, None)
+            if route is not None:
+                await route.client.close()
+        started, self.started[mode] = self.started[mode], []
+        await asyncio.gather(*(asyncio.to_thread(procs.stop, s) for s in started))
 
     def _start(
         self,
@@ -144,7 +203,7 @@ class Bridges:
         home = work / "bridges" / f"{mode}-{user.login}"
         home.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        child = lark_mcp_stdio(emulator)
+        child = lark_mcp_argv(emulator, "stdio", self.node_flags)
         secrets = {
             "APP_ID": EMULATOR_APP.app_id,
             "APP_SECRET": EMULATOR_APP.app_secret,
@@ -152,10 +211,10 @@ class Bridges:
         }
         env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(home), "LANG": "C.UTF-8"}
         if mode == "child-sse":
-            argv = [*child[:6], "sse", *child[7:], "--host", "127.0.0.1", "-p", str(port)]
-            # As the gateway starts its children: heap cap, placeholder token.
+            argv = lark_mcp_argv(emulator, "sse", self.node_flags)
+            argv += ["--host", "127.0.0.1", "-p", str(port)]
+            # As the gateway starts its children: a placeholder token, the real one per request.
             env.update(secrets, USER_ACCESS_TOKEN="larkgate-per-request")
-            env["NODE_OPTIONS"] = "--max-old-space-size=256"
         elif mode == "supergateway":
             assert self._supergateway is not None
             preload = str(BENCH_DIR / "loopback_only.cjs")
@@ -237,6 +296,16 @@ def memory_table(results: dict[str, Any], idle: dict[str, dict[str, Any]]) -> st
     return markdown_table(header, rows)
 
 
+def child_node_flags(args: argparse.Namespace) -> list[str]:
+    """The node flags the gateway gives its children in this run: heap cap, then V8 flags."""
+    settings = gateway_settings(args, 1)
+    heap_mb = settings.get("child_heap_mb", Settings.model_fields["child_heap_mb"].default)
+    # A --setting value is text; the gateway reads a list setting as JSON.
+    given = settings.get("child_v8_flags")
+    v8_flags = Settings().child_v8_flags if given is None else json.loads(str(given))
+    return [f"--max-old-space-size={heap_mb}", *(str(flag) for flag in v8_flags)]
+
+
 def main() -> None:
     parser = build_parser(__doc__)
     parser.set_defaults(users="1,10", modes=",".join(BRIDGE_MODES))
@@ -246,9 +315,25 @@ def main() -> None:
         default=Path(tempfile.gettempdir()) / "larkgate-bench-bridges",
         help="where supergateway and mcp-proxy are installed on first use",
     )
+    parser.add_argument(
+        "--staged",
+        action="store_true",
+        help=f"one front at a time at every user count (done above {STAGED_ABOVE} users anyway)",
+    )
+    parser.add_argument(
+        "--stage-child-mib",
+        type=float,
+        default=CHILD_MIB,
+        help=f"staged: memory (USS, MiB) budgeted per lark-mcp for a stage to fit [{CHILD_MIB:g}]",
+    )
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m in BRIDGE_MODES]
-    bridges = Bridges(args.bridges_dir, modes)
+    node_flags = child_node_flags(args)
+    bridges = Bridges(args.bridges_dir, modes, node_flags)
+    budget = MemoryBudget(args.stage_child_mib)
+    counts = sorted({int(n) for n in args.users.split(",") if n.strip()})
+    staged = [n for n in counts if args.staged or n > STAGED_ABOVE]
+    together = [n for n in counts if n not in staged]
     idle: dict[str, dict[str, Any]] = {}
 
     async def attach(*parts: Any) -> None:
@@ -259,7 +344,19 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="larkgate-bench-bridges-"))
     try:
-        results = asyncio.run(measure(args, work, BRIDGE_MODES, attach, children_per_user=4))
+        if together:
+            some = argparse.Namespace(**{**vars(args), "users": ",".join(map(str, together))})
+            results = asyncio.run(measure(some, work, BRIDGE_MODES, attach, children_per_user=4))
+        else:
+            results = {"machine": machine_facts(), "busy_before": machine_busy(), "runs": []}
+            results.update(skipped=[], mode_names=BRIDGE_MODES)
+        results["args"] = vars(args)
+        results["staged_runs"] = []
+        if staged:
+            results["stage_budget_mib"] = budget.describe()
+            runs = asyncio.run(measure_staged(args, work / "staged", staged, bridges, budget))
+            results["staged_runs"] = runs
+            results["busy_after"] = machine_busy()
     finally:
         if args.keep:
             print(f"[bench] data and logs kept in {work}")
@@ -269,12 +366,25 @@ def main() -> None:
         "supergateway": SUPERGATEWAY_VERSION,
         "mcp-proxy": MCP_PROXY_VERSION,
     }
+    results["bridge_child_node_flags"] = node_flags
     results["bridge_idle_rss_mib"] = idle
-    print("\n### Latency per tools/call: gateway and bridges in front of the same lark-mcp\n")
-    print(latency_table(results))
-    print("\n### Memory of what sits in front of lark-mcp (MiB)\n")
-    print(memory_table(results, idle))
-    print(f"\n- {describe_busy(results)}")
+    if results["runs"]:
+        print("\n### Latency per tools/call: gateway and bridges in front of the same lark-mcp\n")
+        print(latency_table(results))
+        print("\n### Memory of what sits in front of lark-mcp (MiB)\n")
+        print(memory_table(results, idle))
+    if any(measured_stages(run) for run in results["staged_runs"]):
+        print("\n### Latency per tools/call, staged: one front at a time\n")
+        print(staged_latency_table(results))
+        print("\n### Memory per stage (MiB)\n")
+        print(staged_memory_table(results))
+    notes = staged_notes(results) if staged else []
+    notes.append(
+        f"lark-mcp behind the bridges and in SSE mode runs as `node {shlex.join(node_flags)}`, "
+        "with the node flags the gateway gives its children"
+    )
+    notes.append(describe_busy(results))
+    print("\n" + "\n".join(f"- {note}" for note in notes))
     print(f"\nJSON: {save_json('bridges', results)}")
 
 

@@ -261,18 +261,19 @@ async def feishu_calls(http: httpx.AsyncClient, emulator: Emulator) -> list[dict
 async def run_mode(
     http: httpx.AsyncClient,
     emulator: Emulator,
-    gateway: GatewayProcess,
+    gateway: GatewayProcess | None,
     users: list[BenchUser],
     mode: str,
     per_user: int,
     warmup: int,
     rate: float | None,
 ) -> ModeResult:
+    """One path under one load; ``gateway`` None when no gateway runs beside it."""
     routes = [u.routes[mode] for u in users]
     fronts = [psutil.Process(pid) for pid in {r.front_pid for r in routes} if pid is not None]
     children = [psutil.Process(r.child_pid) for r in routes]
     emulator_proc = psutil.Process(emulator.started.pid)
-    gateway_proc = psutil.Process(gateway.pid)
+    gateways = [psutil.Process(gateway.pid)] if gateway is not None else []
     await feishu_calls(http, emulator)
 
     def caller(user: BenchUser) -> Any:
@@ -283,7 +284,7 @@ async def run_mode(
 
         return call
 
-    watched = [gateway_proc, *fronts, *children]
+    watched = [*gateways, *fronts, *children]
     before = (cpu_seconds(fronts), cpu_seconds(children), cpu_seconds([emulator_proc]))
     with PeakSampler(lambda: watched) as sampler:
         samples = await run_load([caller(u) for u in users], per_user, warmup, rate)
@@ -299,7 +300,7 @@ async def run_mode(
         front_cpu_s=after[0] - before[0],
         children_cpu_s=after[1] - before[1],
         emulator_cpu_s=after[2] - before[2],
-        gateway_peak_mib=sampler.peaks.get(gateway.pid, math.nan),
+        gateway_peak_mib=sampler.peaks.get(gateway.pid, math.nan) if gateway else math.nan,
         front_peaks_mib={p.pid: sampler.peaks.get(p.pid, math.nan) for p in fronts},
         child_peaks_mib={p.pid: sampler.peaks.get(p.pid, math.nan) for p in children},
         feishu_calls=len(seen),
@@ -402,11 +403,29 @@ async def measure_count(
     gateway: GatewayProcess,
     users: list[BenchUser],
     modes: list[str],
+    label: str = "",
 ) -> dict[str, Any]:
     count = len(users)
     run: dict[str, Any] = {"users": count, "idle_before": memory_snapshot(gateway, users)}
     run["first_call_ms_at_setup"] = spread([u.first_call_s * 1000 for u in users])
-    run["loads"] = {}
+    run["loads"] = await measure_loads(args, http, emulator, gateway, users, modes, label)
+    await asyncio.sleep(2)
+    run["idle_after"] = memory_snapshot(gateway, users)
+    return run
+
+
+async def measure_loads(
+    args: argparse.Namespace,
+    http: httpx.AsyncClient,
+    emulator: Emulator,
+    gateway: GatewayProcess | None,
+    users: list[BenchUser],
+    modes: list[str],
+    label: str = "",
+) -> dict[str, dict[str, Any]]:
+    """Each load shape, load -> path -> summary; the paths take turns round by round."""
+    count = len(users)
+    loads: dict[str, dict[str, Any]] = {}
     for load in loads_for(args, count):
         rate = args.rate if load == "paced" else None
         per_user = args.paced_calls if rate else (args.calls or (150 if count == 1 else 15))
@@ -417,11 +436,9 @@ async def measure_count(
             for mode in modes[turn:] + modes[:turn]:
                 got = await run_mode(http, emulator, gateway, users, mode, per_user, warmup, rate)
                 by_mode[mode].merge(got)
-            print(f"[bench] {count} users, {load}: round {round_no + 1}/{args.rounds} done")
-        run["loads"][load] = {m: r.summary() for m, r in by_mode.items()}
-    await asyncio.sleep(2)
-    run["idle_after"] = memory_snapshot(gateway, users)
-    return run
+            print(f"[bench] {count} users{label}, {load}: round {round_no + 1}/{args.rounds} done")
+        loads[load] = {m: r.summary() for m, r in by_mode.items()}
+    return loads
 
 
 def latency_table(results: dict[str, Any]) -> str:
