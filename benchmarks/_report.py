@@ -101,6 +101,39 @@ async def run_load(
     return samples
 
 
+async def run_steady(calls: Sequence[Call], rate: float, seconds: float) -> Samples:
+    """Calls arrive at random (Poisson) times at ``rate`` calls/s for ``seconds``, open loop.
+
+    The arrivals go to ``calls`` in turn, so the load stays the same however many there are,
+    and a call never waits for the one before it (an MCP session may have several in flight).
+    Unlike ``run_load``, the rate holds until the end instead of thinning out while the slowest
+    callers finish. Latency is timed from the send; the wall time runs to the last reply.
+    """
+    samples = Samples()
+    chance = random.Random(0)
+
+    async def one(call: Call, seq: int) -> None:
+        started = time.perf_counter()
+        try:
+            await call(seq)
+        except Exception as exc:
+            samples.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            return
+        samples.latencies.append(time.perf_counter() - started)
+
+    sent: list[asyncio.Task[None]] = []
+    began = time.perf_counter()
+    due = began + chance.expovariate(rate)
+    while due < began + seconds:
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        seq = len(sent)
+        sent.append(asyncio.create_task(one(calls[seq % len(calls)], seq)))
+        due += chance.expovariate(rate)
+    await asyncio.gather(*sent)
+    samples.wall = time.perf_counter() - began
+    return samples
+
+
 def machine_busy() -> dict[str, object]:
     """Load average and lark-mcp processes this run did not start: both make figures noisy."""
     ours = {p.pid for p in psutil.Process().children(recursive=True)}
