@@ -23,8 +23,18 @@ import psutil
 import pytest
 
 from larkgate.config import Settings
+from larkgate.emulator import RunningEmulator
+from support import free_port
 
-from .reliability_kit import ACCEPT, INIT, LONG, STALL_DEADLINE, ServeProcess, report
+from .reliability_kit import (
+    ACCEPT,
+    INIT,
+    LONG,
+    STALL_DEADLINE,
+    ServeProcess,
+    emulator_config,
+    report,
+)
 
 # A client that has sent nothing, half a head, or part of its body must be cut off once the
 # gateway's deadline for it passes; the slack is for a loaded CI machine.
@@ -196,12 +206,14 @@ def test_many_slow_clients_do_not_stop_others_being_served(gateway: Server) -> N
     # Give the gateway a moment to see every client hang up.
     time.sleep(2.0)
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    left = gateway.tracebacks() - tracebacks
     report(
         f"hostile connections: {SLOW_CLIENTS} slow clients ({', '.join(kinds)}) held, "
-        f"{still_open} still open, others served: {served}; the gateway sets no connection "
-        f"limit, so file descriptors (RLIMIT_NOFILE {soft}) are the only cap; hanging up left "
-        f"{gateway.tracebacks() - tracebacks} tracebacks in the gateway's log"
+        f"{still_open} still open, others served: {served}; past max_connections "
+        f"({Settings.model_fields['max_connections'].default}) new requests get 503, below "
+        f"RLIMIT_NOFILE {soft}; hanging up left {left} tracebacks in the gateway's log"
     )
+    assert left == 0
 
 
 def test_a_client_hanging_up_mid_body_leaves_no_traceback(gateway: Server) -> None:
@@ -254,3 +266,44 @@ def test_a_client_that_stalls_its_request_is_cut_off(gateway: Server) -> None:
         f"{CUT_OFF_WITHIN:g}s: {held}"
     )
     assert held == [], f"clients that {', '.join(held)} hold their connection indefinitely"
+
+
+def test_past_max_connections_new_requests_get_503_until_clients_leave(
+    tmp_path: Path,
+) -> None:
+    """The connection cap keeps file descriptors for children and the store; it must answer
+    clearly while it holds, and let people in again once the hoarder leaves."""
+    cap = 10
+    with RunningEmulator(emulator_config(1)) as emulator:
+        serve = ServeProcess(
+            tmp_path / "data", emulator, free_port(), {"LARKGATE_MAX_CONNECTIONS": str(cap)}
+        )
+        try:
+            serve.start()
+            hoard = [
+                socket.create_connection(("127.0.0.1", serve.port), timeout=30)
+                for _ in range(cap + 2)
+            ]
+            with httpx.Client(base_url=serve.url, timeout=30, trust_env=False) as http:
+                try:
+                    refused = http.get("/health")
+                finally:
+                    for sock in hoard:
+                        sock.close()
+                again = _wait_for_status(http, "/health", 200)
+        finally:
+            serve.cleanup()
+    report(
+        f"hostile connections: {cap + 2} idle sockets past a cap of {cap}: {refused.status_code}, then {again}"
+    )
+    assert refused.status_code == 503
+    assert again == 200
+
+
+def _wait_for_status(http: httpx.Client, path: str, status: int, within: float = 30) -> int:
+    deadline = time.monotonic() + within
+    while True:
+        answer = http.get(path).status_code
+        if answer == status or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.2)
