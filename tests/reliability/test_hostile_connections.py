@@ -294,7 +294,8 @@ def test_past_max_connections_new_requests_get_503_until_clients_leave(
         finally:
             serve.cleanup()
     report(
-        f"hostile connections: {cap + 2} idle sockets past a cap of {cap}: {refused.status_code}, then {again}"
+        f"hostile connections: {cap + 2} idle sockets past a cap of {cap}: /health answered "
+        f"{refused.status_code}; once they left, {again}"
     )
     assert refused.status_code == 503
     assert again == 200
