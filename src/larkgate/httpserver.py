@@ -46,11 +46,13 @@ def bounded_protocol(head_timeout: float, max_head_bytes: int) -> type[HttpTools
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            counting = self._awaiting_head
             super().data_received(data)
-            if not self._awaiting_head or self.transport.is_closing():
+            # Only reads that began and ended inside a head count: the tail of a body that
+            # was answered early (a 413) must not count against the next head. A head is
+            # refused at most one read past the bound.
+            if not counting or not self._awaiting_head or self.transport.is_closing():
                 return
-            # Checked after parsing, so that a head and the body after it in one read are
-            # not counted together; a head still incomplete is at most one read past the bound.
             self._head_bytes += len(data)
             if self._head_bytes > max_head_bytes:
                 self.transport.write(HEAD_TOO_LARGE)
@@ -62,12 +64,16 @@ def bounded_protocol(head_timeout: float, max_head_bytes: int) -> type[HttpTools
             self._head_bytes = 0
             self._disarm()
 
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._awaiting_head = True  # whatever comes next on this connection is a new head
+            self._head_bytes = 0
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             # A request pipelined behind this one may already have its head (uvicorn keeps
             # the newest parsed request in ``cycle``).
             if self.cycle is None or self.cycle.response_complete:
-                self._awaiting_head = True
                 self._arm()
 
         def _arm(self) -> None:

@@ -10,6 +10,7 @@ limit on connections, so file descriptors are the last bound on a crowd; that is
 from __future__ import annotations
 
 import contextlib
+import re
 import resource
 import socket
 import time
@@ -155,6 +156,37 @@ def test_oversized_requests_are_refused_and_harm_nobody(gateway: Server) -> None
     assert answers["declared 10 MB body"].startswith("HTTP/1.1 413")
     assert answers["chunked body 4x the limit"].startswith("HTTP/1.1 413")
     assert gateway.tracebacks() == tracebacks
+
+
+def test_the_tail_of_a_refused_body_is_not_taken_for_the_next_request_head(
+    gateway: Server,
+) -> None:
+    """A body over the limit is answered 413 before it has all arrived; the rest of it must
+    not count against the size of the next request's head on the same connection."""
+    limit = Settings.model_fields["max_body_bytes"].default
+    mcp_head = {"Accept": ACCEPT["Accept"], "Content_Type": "application/json"}
+    body = b"[" + b" " * (2 * limit) + b"]"
+    sock = _connect(gateway)
+    try:
+        sock.sendall(_request_head("/mcp", Content_Length=str(len(body)), **mcp_head))
+        _send_all_or_stop(sock, iter([body[i : i + 65536] for i in range(0, len(body), 65536)]))
+        answers = sock.recv(65536)
+        _send_all_or_stop(sock, iter([b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"]))
+        answers += _read_for(sock, 2.0)
+    finally:
+        sock.close()
+    statuses = [line.decode() for line in re.findall(rb"HTTP/1\.1 \d{3}[^\r]*", answers)]
+    assert statuses == ["HTTP/1.1 413 Request Entity Too Large", "HTTP/1.1 200 OK"], statuses
+
+
+def _read_for(sock: socket.socket, seconds: float) -> bytes:
+    """Everything the server sends within ``seconds`` (or until it hangs up)."""
+    sock.settimeout(seconds)
+    received = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
 
 
 def test_an_endless_request_head_is_cut_off_before_it_fills_memory(gateway: Server) -> None:
