@@ -27,6 +27,7 @@ ACCEPT = "application/json, text/event-stream"
 PROTOCOL_VERSION = "2025-06-18"
 CHAT_LIST = "im_v1_chat_list"
 LOGIN_LINK = re.compile(r"https?://[^\s\"']+/oauth/start\?sessionId=[A-Za-z0-9_-]+")
+LOGIN_FORM_FIELD = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)"')
 CONSENT_REQUEST = re.compile(r'name="request" value="([^"]+)"')
 CONSENT_ACTION = re.compile(r'<form method="post" action="([^"]+)"')
 
@@ -107,9 +108,22 @@ async def play_browser_login(http: httpx.AsyncClient, instructions: str, login: 
     found = LOGIN_LINK.search(instructions)
     if found is None:
         raise CallFailed(f"no login link in {instructions!r}")
-    start = await http.get(found.group(0))
+    link = found.group(0)
+    page = await http.get(link)
+    fields = dict(LOGIN_FORM_FIELD.findall(page.text))
+    if page.status_code != 200 or not {"sessionId", "confirm"} <= set(fields):
+        raise CallFailed(f"/oauth/start answered {page.status_code} without its form")
+    # Press the page's button as a browser does: with the page's cookie and Origin. Users log
+    # in concurrently over one client, whose cookie jar is no one browser's: send this page's.
+    browser_cookie = page.headers.get("set-cookie", "").split(";")[0]
+    parts = urlsplit(link)
+    start = await http.post(
+        f"{parts.scheme}://{parts.netloc}/oauth/start",
+        data={name: html.unescape(value) for name, value in fields.items()},
+        headers={"Origin": f"{parts.scheme}://{parts.netloc}", "Cookie": browser_cookie},
+    )
     if start.status_code != 302:
-        raise CallFailed(f"/oauth/start answered {start.status_code}")
+        raise CallFailed(f"the login page's button answered {start.status_code}")
     feishu = await http.get(f"{start.headers['location']}&emulator_user={login}")
     if feishu.status_code != 302:
         raise CallFailed(f"emulator authorize answered {feishu.status_code}")

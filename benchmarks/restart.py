@@ -13,6 +13,7 @@ Prints a table and writes benchmarks/out/restart-<time>.json.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+from _clients import LOGIN_FORM_FIELD
 
 from larkgate.emulator import EmulatorConfig, RunningEmulator
 
@@ -86,8 +88,13 @@ def login(url: str, user: str) -> str:
         session_id = init.headers["mcp-session-id"]
         text = init.json()["result"]["instructions"]
         link = text[text.index("http") :].split()[0]
-        start_page = http.get(link)
-        authorize = start_page.headers["location"]
+        fields = LOGIN_FORM_FIELD.findall(http.get(link).text)  # the page, then its button
+        pressed = http.post(
+            "/oauth/start",
+            data={name: html.unescape(value) for name, value in fields},
+            headers={"Origin": url},
+        )
+        authorize = pressed.headers["location"]
         assert parse_qs(urlsplit(authorize).query)["state"]
         feishu = http.get(f"{authorize}&emulator_user={user}")
         assert http.get(feishu.headers["location"]).status_code == 200

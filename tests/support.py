@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import re
+import shutil
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import psutil
+import pytest
 import uvicorn
 from mcp import Client
 from mcp.client.sse import sse_client
+from playwright.sync_api import Browser, sync_playwright
 
 from larkgate.app import Gateway, create_app
 from larkgate.clock import Clock
@@ -33,8 +37,37 @@ from larkgate.httpserver import server_config
 REPO = Path(__file__).resolve().parent.parent
 LARK_MCP_CLI = REPO / "node_modules/@larksuiteoapi/lark-mcp/dist/cli.js"
 LOGIN_LINK = re.compile(r"https?://[^\s\"']+/oauth/start\?sessionId=[A-Za-z0-9_-]+")
+LOGIN_FORM_ACTION = re.compile(r'<form method="post" action="([^"]+/oauth/start)"')
+LOGIN_FORM_FIELD = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)"')
 
 T = TypeVar("T")
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+]
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Browser]:
+    """Debian's headless Chromium under Playwright (no browser download)."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
 
 
 def free_port() -> int:
@@ -110,13 +143,34 @@ class GatewayServer:
         self.stop()
 
 
+def confirmation_form(page: httpx.Response) -> tuple[str, dict[str, str]]:
+    """(action, fields) of the form on a login link's confirmation page."""
+    assert page.status_code == 200, page.text
+    action = LOGIN_FORM_ACTION.search(page.text)
+    fields = dict(LOGIN_FORM_FIELD.findall(page.text))
+    assert action and {"sessionId", "confirm"} <= set(fields), page.text
+    return html.unescape(action.group(1)), {k: html.unescape(v) for k, v in fields.items()}
+
+
+def press_login_button(browser: httpx.Client, login_link: str) -> httpx.Response:
+    """Open a login link and press its page's button, as a browser would: the gateway's answer
+    (a redirect to Feishu). ``browser`` keeps the page's cookie between the two requests."""
+    action, fields = confirmation_form(browser.get(login_link))
+    # A browser sends the page's origin with a form post (the page's referrer policy allows it).
+    parts = urlsplit(login_link)
+    return browser.post(
+        action, data=fields, headers={"Origin": f"{parts.scheme}://{parts.netloc}"}
+    )
+
+
 def play_browser_login(login_link: str, user: str, *, deny: bool = False) -> httpx.Response:
-    """Follow a login link as a person would: to Feishu's page, pick a user, back to the gateway.
+    """Follow a login link as a person would: its page's button, Feishu's page, pick a user,
+    back to the gateway.
 
     Returns the gateway's final page.
     """
     with httpx.Client(timeout=30, trust_env=False) as browser:
-        start = browser.get(login_link)
+        start = press_login_button(browser, login_link)
         assert start.status_code == 302, start.text
         authorize = start.headers["location"]
         extra = "emulator_deny=1" if deny else f"emulator_user={user}"
@@ -128,7 +182,7 @@ def play_browser_login(login_link: str, user: str, *, deny: bool = False) -> htt
 def authorize_redirect(login_link: str) -> tuple[str, dict[str, list[str]]]:
     """The Feishu authorize URL the gateway redirects to, and its query."""
     with httpx.Client(timeout=30, trust_env=False) as browser:
-        start = browser.get(login_link)
+        start = press_login_button(browser, login_link)
         assert start.status_code == 302
         location = start.headers["location"]
         return location, parse_qs(urlsplit(location).query)

@@ -22,9 +22,9 @@ from .admin.actions import SESSION_PREFIX_MIN, find_user, login_state
 from .admin.auth import NoAdminToken, admin_token
 from .backup import BackupError, restore, state_sealer, write_backup
 from .config import Settings, load_settings
-from .instances.pool import user_key
 from .logs import redact
 from .store import Store
+from .userkey import user_key
 
 API_TIMEOUT = 30.0
 FOLLOW_POLL = 0.5

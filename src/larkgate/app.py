@@ -150,6 +150,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
         Route("/messages", sse.post_message, methods=["POST"]),
         Route("/messages/", sse.post_message, methods=["POST"]),
         Route("/oauth/start", gateway.login.start, methods=["GET"]),
+        Route("/oauth/start", gateway.login.confirm, methods=["POST"]),
         Route("/oauth/callback", gateway.login.callback, methods=["GET"]),
         Route("/tools", tools, methods=["GET"]),
         Route("/health", health, methods=["GET"]),

@@ -32,7 +32,7 @@ from pydantic import SecretStr
 
 from . import __version__
 from .config import Settings
-from .crypto import Sealer, SealError
+from .crypto import KID_BYTES, Sealer, SealError
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -45,6 +45,7 @@ SUFFIX = ".lgbackup"
 SCHEDULED_PREFIX = "larkgate-"
 DB_NAME = "larkgate.db"
 LOCK_NAME = "serve.lock"
+UNKNOWN_KEY = "?"
 
 
 class BackupError(Exception):
@@ -126,6 +127,24 @@ def open_snapshot(raw: bytes, sealer: Sealer) -> Snapshot:
         settings=dict(document["settings"]),
         database=base64.b64decode(document["database"]),
     )
+
+
+def backups_by_key(directory: Path) -> dict[str, list[Path]]:
+    """The backups in ``directory`` by the id of the key that sealed them (read from the
+    header, nothing is opened). A backup whose header cannot be read is listed under
+    ``UNKNOWN_KEY``: any key may be the one it needs."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        try:
+            with path.open("rb") as f:
+                head = f.read(len(MAGIC) + KID_BYTES)
+        except OSError as exc:
+            log.warning("cannot read backup %s to tell its key: %s", path, exc)
+            found.setdefault(UNKNOWN_KEY, []).append(path)
+            continue
+        if head.startswith(MAGIC) and len(head) == len(MAGIC) + KID_BYTES:
+            found.setdefault(Sealer.record_kid(head[len(MAGIC) :]), []).append(path)
+    return found
 
 
 def write_backup(settings: Settings, sealer: Sealer, target: Path) -> Path:

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
             Without LARKGATE_ENCRYPTION_KEY: writes a new key file into <data_dir>/keys, makes it
             the primary key and re-seals every record under it. A gateway running on the same
             data directory picks the new key up by itself. Old key files stay readable until
-            --retire removes the ones no record uses any more.
+            --retire removes the ones no record uses any more. --retire keeps (and names) a key
+            that sealed a backup in the backup directory, which could not be restored without
+            it; --force removes such keys too.
             With LARKGATE_ENCRYPTION_KEY: set it to the new key, list the old one in
             LARKGATE_PREVIOUS_ENCRYPTION_KEYS, restart the gateway, then run this to re-seal."""
         ),
@@ -75,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument(
         "--retire", action="store_true", help="remove key files that no record uses afterwards"
+    )
+    rotate.add_argument(
+        "--force",
+        action="store_true",
+        help="with --retire: remove keys that backups in the backup directory need as well "
+        "(those backups can no longer be restored)",
     )
     rotate.set_defaults(run=_rotate_key)
 
@@ -178,9 +186,12 @@ def settings_table() -> str:
 def _rotate_key(args: argparse.Namespace) -> int:
     from .keys import rotate_key_command
 
+    if args.force and not args.retire:
+        print("larkgate rotate-key: --force only goes with --retire", file=sys.stderr)
+        return 2
     settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return rotate_key_command(settings, retire=args.retire)
+    return rotate_key_command(settings, retire=args.retire, force=args.force)
 
 
 def _print_settings(args: argparse.Namespace) -> int:

@@ -6,7 +6,9 @@ creates both. A rotation writes a new key file, then points ``primary`` at it (e
 atomic rename), then re-seals every record. A running gateway follows without a restart:
 before each seal it looks whether ``primary`` changed, and a record naming a key id it has not
 seen makes it read the directory again. Old key files stay, so nothing in flight breaks, until
-``rotate-key --retire`` removes the ones no record uses.
+``rotate-key --retire`` removes the ones no record uses. It keeps a key that sealed a backup
+in the backup directory (that backup could never be restored without it) unless ``--force``
+says to remove it anyway; backups kept elsewhere it cannot see.
 
 With ``LARKGATE_ENCRYPTION_KEY`` set, that key seals; key files and
 ``LARKGATE_PREVIOUS_ENCRYPTION_KEYS`` only open. Rotating then means: set the new key and list
@@ -19,9 +21,10 @@ import logging
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backup import UNKNOWN_KEY, backups_by_key
 from .config import ENV_PREFIX, ConfigError, Settings
 from .crypto import KeySet, Sealer, decode_key, encode_key, key_id, new_key
 from .store import Store
@@ -224,16 +227,23 @@ def _key_hint(settings: Settings, keys: KeyDirectory) -> str:
 
 @dataclass(frozen=True)
 class Rotation:
+    """What a rotation did. ``kept_for_backups``: keys ``--retire`` left in place because
+    backups need them; ``unrestorable``: backups whose key ``--force`` removed anyway."""
+
     primary: str
     resealed: int
     retired: list[str]
     still_old: set[str]
+    kept_for_backups: dict[str, list[Path]] = field(default_factory=dict)
+    unrestorable: dict[str, list[Path]] = field(default_factory=dict)
 
 
-def rotate_key(settings: Settings, *, retire: bool = False) -> Rotation:
+def rotate_key(settings: Settings, *, retire: bool = False, force: bool = False) -> Rotation:
     """Make a new primary key (unless the setting names it) and re-seal every record under it.
 
-    Safe while a gateway runs on the same data directory: see the module docstring.
+    With ``retire``, remove the key files no record uses afterwards, except those that sealed a
+    backup in the backup directory; ``force`` removes those too. Safe while a gateway runs on
+    the same data directory: see the module docstring.
     """
     store, keys = _open_checked(settings)
     try:
@@ -244,33 +254,73 @@ def rotate_key(settings: Settings, *, retire: bool = False) -> Rotation:
             still_old = store.kids_in_use() - {primary}
             if not still_old:
                 break
-        retired = _retire_unused(keys, store.kids_in_use() | {primary}) if retire else []
+        in_use = store.kids_in_use() | {primary}
     finally:
         store.close()
     log.info("re-sealed %d records under key %s", resealed, primary)
-    return Rotation(primary, resealed, retired, still_old)
+    if not retire:
+        return Rotation(primary, resealed, [], still_old)
+    retired, needed_by = _retire_unused(keys, in_use, backups_by_key(settings.backup_path), force)
+    unrestorable = {kid: paths for kid, paths in needed_by.items() if kid in retired}
+    for kid, paths in unrestorable.items():
+        log.warning(
+            "removed key %s although backups need it; they cannot be restored any more: %s",
+            kid,
+            ", ".join(p.name for p in paths),
+        )
+    kept_for_backups = {kid: paths for kid, paths in needed_by.items() if kid not in retired}
+    return Rotation(primary, resealed, retired, still_old, kept_for_backups, unrestorable)
 
 
-def _retire_unused(keys: KeyDirectory, in_use: set[str]) -> list[str]:
-    retired = []
+def _retire_unused(
+    keys: KeyDirectory, in_use: set[str], backups: dict[str, list[Path]], force: bool
+) -> tuple[list[str], dict[str, list[Path]]]:
+    """(key ids removed, backups each unused key seals); without ``force`` such keys stay.
+
+    A backup whose header could not be read might need any key, so it holds every one.
+    """
+    retired: list[str] = []
+    needed_by: dict[str, list[Path]] = {}
     for kid, file in keys.key_files().items():
-        if kid not in in_use:
-            file.unlink()
-            retired.append(kid)
-    return retired
+        if kid in in_use:
+            continue
+        sealed = backups.get(kid, []) + backups.get(UNKNOWN_KEY, [])
+        if sealed:
+            needed_by[kid] = sealed
+            if not force:
+                continue
+        file.unlink()
+        retired.append(kid)
+    return retired, needed_by
 
 
-def rotate_key_command(settings: Settings, *, retire: bool) -> int:
-    """``larkgate rotate-key``: prints what it did; exit 1 if old keys are still in use."""
-    rotation = rotate_key(settings, retire=retire)
+def rotate_key_command(settings: Settings, *, retire: bool, force: bool = False) -> int:
+    """``larkgate rotate-key``: prints what it did; exit 1 if old keys are still in use, or if
+    ``--retire`` kept a key because backups need it."""
+    rotation = rotate_key(settings, retire=retire, force=force)
     print(f"primary key: {rotation.primary}")
     print(f"records re-sealed: {rotation.resealed}")
     if rotation.retired:
         print(f"key files removed: {', '.join(rotation.retired)}")
+    for kid, paths in sorted(rotation.unrestorable.items()):
+        print(
+            f"warning: key {kid} removed; these backups need it and cannot be restored: "
+            f"{_names(paths)}"
+        )
+    for kid, paths in sorted(rotation.kept_for_backups.items()):
+        print(f"key {kid} kept: these backups in {settings.backup_path} need it: {_names(paths)}")
+    if rotation.kept_for_backups:
+        print(
+            "Delete those backups, or move them elsewhere together with a copy of the key, and "
+            "retire again; or run rotate-key --retire --force to remove the key anyway."
+        )
     if rotation.still_old:
         print(
             f"records still sealed with {', '.join(sorted(rotation.still_old))}: "
             "run rotate-key again"
         )
-        return 1
-    return 0
+    return 1 if rotation.still_old or rotation.kept_for_backups else 0
+
+
+def _names(paths: list[Path]) -> str:
+    return ", ".join(p.name for p in paths)

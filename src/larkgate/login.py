@@ -5,10 +5,19 @@ asked: an MCP session (the login link), or a flow of another module that borrows
 login through ``begin`` and gets the result back through a ``LoginFollowUp``. Both live in the
 store (as a digest and sealed), so a login survives a gateway restart and a replayed or forged
 callback changes nothing.
+
+Whoever finishes a login link's login binds their Feishu identity to that link's MCP session,
+so a link sent to someone else ("please log in here") would let the sender act as them. The
+link therefore opens a page that names the client, the transport and when the session was
+opened, and warns; only its button (a POST with a single-use token bound to the session, the
+browser's cookie and the gateway's origin) goes on to Feishu.
+limitation: a person talked into pressing the button is still fooled; OAuth, where the client
+that started the login gets the token, is the robust choice for public deployments.
 """
 
 from __future__ import annotations
 
+import hmac
 import html
 import logging
 import secrets
@@ -17,7 +26,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from . import errors
 from .clock import Clock
@@ -30,26 +39,23 @@ from .feishu.oauth import (
     parse_scopes,
     pkce_pair,
 )
-from .instances.pool import user_key
-from .store import Store
+from .pages import (
+    BROWSER_COOKIE,
+    FormError,
+    cookie_name,
+    framed_page,
+    page,
+    read_form,
+    same_origin,
+    set_cookie,
+)
+from .store import SessionRecord, Store, digest
 from .transports.sessions import SessionTable
+from .userkey import user_key
 
 log = logging.getLogger(__name__)
 
-
-def page(title: str, body: str, status: int = 200, code: str | None = None) -> HTMLResponse:
-    code_line = f'<p class="code">Error code: <code>{html.escape(code)}</code></p>' if code else ""
-    text = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} - LarkGate</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;
-color:#1f2329}}h1{{font-size:1.4rem}}.code{{color:#646a73;font-size:.9rem}}</style></head>
-<body><h1>{html.escape(title)}</h1>{body}{code_line}</body></html>"""
-    return HTMLResponse(
-        text,
-        status_code=status,
-        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
-    )
+TRANSPORT_NAMES = {"streamable": "Streamable HTTP (/mcp)", "sse": "HTTP+SSE (/sse)"}
 
 
 class LoginFollowUp(Protocol):
@@ -92,17 +98,15 @@ class LoginRoutes:
         self.keys_offer: KeysOffer | None = None
 
     async def start(self, request: Request) -> Response:
+        """The login link: a page saying what would act as the person, with a button to go on.
+
+        Nothing is logged in and Feishu is not asked until the button is pressed (``confirm``).
+        """
         session_id = request.query_params.get("sessionId", "")
         record = self._store.get_session(session_id) if session_id else None
         if record is None:
             self.outcomes["refused"] += 1
-            return page(
-                "This login link is not valid",
-                "<p>The MCP session it belongs to has ended or never existed. Reconnect your "
-                "MCP client and use the new link it shows.</p>",
-                status=404,
-                code=errors.UNKNOWN_SESSION,
-            )
+            return _unknown_session()
         try:
             # A tool that met Feishu's 99991679 sends a link asking for the scopes it named.
             extra_scopes = parse_scopes(request.query_params.get("scope", ""))
@@ -116,7 +120,115 @@ class LoginRoutes:
                 status=400,
                 code=errors.LOGIN_SCOPE_INVALID,
             )
-        return self.begin(session_id, extra_scopes)
+
+        browser_id = request.cookies.get(self._browser_cookie()) or secrets.token_urlsafe(32)
+        token = secrets.token_urlsafe(32)
+        now = self._clock.now()
+        ttl = self._settings.login_state_ttl
+        self._store.put_login_confirmation(
+            token,
+            session_id,
+            browser_id=browser_id,
+            scopes=tuple(extra_scopes),
+            expires_at=now + ttl,
+            now=now,
+        )
+        response = self._confirmation_page(record, session_id, token, extra_scopes)
+        set_cookie(response, self._settings, BROWSER_COOKIE, browser_id, ttl)
+        return response
+
+    def _confirmation_page(
+        self, record: SessionRecord, session_id: str, token: str, extra_scopes: Sequence[str]
+    ) -> Response:
+        public = html.escape(self._settings.public_url)
+        transport = html.escape(TRANSPORT_NAMES.get(record.transport, record.transport))
+        asked = (
+            "<li>Feishu permissions it asks for besides the usual ones: "
+            f"<code>{html.escape(' '.join(extra_scopes))}</code></li>"
+            if extra_scopes
+            else ""
+        )
+        body = f"""<p>An AI client is asking to use Feishu <strong>as you</strong> through
+LarkGate at <code>{public}</code>:</p>
+<ul><li>Client: {_client_named(record)}</li>
+<li>Connected over {transport}; {_opened(record.created_at)}</li>{asked}</ul>
+<p><strong>Continue only if you yourself just asked your AI client to connect.</strong>
+If someone sent you this link, close this page: whoever started this session would act as you
+in Feishu.</p>
+<form method="post" action="{public}/oauth/start">
+<input type="hidden" name="sessionId" value="{html.escape(session_id)}">
+<input type="hidden" name="confirm" value="{token}">
+<button type="submit">Continue to the Feishu login</button>
+</form>"""
+        return framed_page("Log in to Feishu for an AI client?", body)
+
+    async def confirm(self, request: Request) -> Response:
+        """The confirmation page's button: only that page, in that browser, goes on to Feishu.
+
+        A refused post changes nothing, and its token stays usable by the page it belongs to.
+        """
+        try:
+            form = await read_form(request)
+        except FormError as exc:
+            return self._refused(400, "This form is not valid", str(exc), errors.FORM_EXPIRED)
+        if not same_origin(request, self._settings):
+            log.warning("a login-link confirmation was posted from another site; refused")
+            return self._refused(
+                403,
+                "This form did not come from LarkGate",
+                "Another site tried to continue a login for you. Nothing was changed.",
+                errors.BAD_ORIGIN,
+            )
+        session_id, token = form.get("sessionId", ""), form.get("confirm", "")
+        pending = self._store.get_login_confirmation(token) if token else None
+        if pending is None or pending.expires_at <= self._clock.now():
+            return self._refused(
+                400,
+                "This login page has expired",
+                "It was already used, is too old, or did not come from this gateway. Nothing "
+                "was changed. Open the login link your MCP client shows again.",
+                errors.FORM_EXPIRED,
+            )
+        if not hmac.compare_digest(pending.session_digest, digest(session_id)):
+            log.warning("a login-link confirmation named another session; refused")
+            return self._refused(
+                403,
+                "This form did not come from this login page",
+                "Nothing was changed. Open the login link your MCP client shows again.",
+                errors.FORM_EXPIRED,
+            )
+        browser_id = request.cookies.get(self._browser_cookie(), "")
+        if not hmac.compare_digest(digest(browser_id), pending.browser_digest):
+            log.warning("a login-link confirmation came from another browser; refused")
+            return self._refused(
+                403,
+                "Finish this in the browser you started in",
+                "This login page was opened in another browser, so nothing was changed. If you "
+                "did not open it yourself, someone may have sent you their login link: close "
+                "this page.",
+                errors.OTHER_BROWSER,
+            )
+
+        record = self._store.get_session(session_id)
+        if record is None:
+            self.outcomes["refused"] += 1
+            return _unknown_session()
+        if not self._store.take_login_confirmation(token):
+            return self._refused(
+                400,
+                "This login page has expired",
+                "It was already used. Open the login link your MCP client shows again.",
+                errors.FORM_EXPIRED,
+            )
+        log.info("login link of a %s session confirmed in its browser", record.transport)
+        return self.begin(session_id, pending.scopes)
+
+    def _browser_cookie(self) -> str:
+        return cookie_name(self._settings, BROWSER_COOKIE)
+
+    def _refused(self, status: int, title: str, message: str, code: str) -> Response:
+        self.outcomes["refused"] += 1
+        return framed_page(title, f"<p>{html.escape(message)}</p>", status=status, code=code)
 
     def begin(self, subject_id: str, extra_scopes: Sequence[str] = ()) -> Response:
         """Send the browser to Feishu; the result goes to ``subject_id`` (a session or a flow)."""
@@ -259,3 +371,28 @@ class LoginRoutes:
             status=502,
             code=errors.FEISHU_TRY_AGAIN if exc.transient else errors.LOGIN_FAILED,
         )
+
+
+def _unknown_session() -> Response:
+    return page(
+        "This login link is not valid",
+        "<p>The MCP session it belongs to has ended or never existed. Reconnect your "
+        "MCP client and use the new link it shows.</p>",
+        status=404,
+        code=errors.UNKNOWN_SESSION,
+    )
+
+
+def _client_named(record: SessionRecord) -> str:
+    if not (record.client_name or record.client_version):
+        return "one that did not give its name"
+    name = html.escape(record.client_name or "a client without a name")
+    version = f" {html.escape(record.client_version)}" if record.client_version else ""
+    return f"<strong>{name}{version}</strong> (the name it gave itself; LarkGate cannot check it)"
+
+
+def _opened(created_at: float) -> str:
+    minutes = max(0, round((time.time() - created_at) / 60))
+    ago = "just now" if minutes == 0 else f"{minutes} minute{'s' if minutes != 1 else ''} ago"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(created_at))
+    return f"session opened {when} ({ago})"

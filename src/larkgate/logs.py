@@ -23,7 +23,7 @@ from contextvars import ContextVar
 from typing import IO, Any
 
 from .config import LogFormat
-from .instances.pool import user_key
+from .userkey import user_key
 
 REDACTED = "[redacted]"
 CONTEXT_FIELDS = ("request_id", "user", "instance")

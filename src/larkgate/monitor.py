@@ -19,8 +19,8 @@ import httpx
 import psutil
 
 from .alerts import Alert, AlertManager, Severity
-from .instances.pool import user_key
 from .instances.spawner import Child
+from .userkey import user_key
 
 if TYPE_CHECKING:
     from .app import Gateway

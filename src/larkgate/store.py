@@ -1,4 +1,4 @@
-"""The embedded store: users, sealed tokens, MCP sessions, login states and child processes.
+"""The embedded store: users, sealed tokens, MCP sessions, logins under way, child processes.
 
 SQLite in WAL mode with ``synchronous=FULL``: every write is one transaction, so a crash
 leaves either the old or the new record. Session ids and login states are bearer secrets and
@@ -43,12 +43,21 @@ CREATE TABLE IF NOT EXISTS sessions (
     transport TEXT NOT NULL,
     user_id TEXT REFERENCES users(user_id) ON DELETE SET NULL,
     created_at REAL NOT NULL,
-    last_seen_at REAL NOT NULL
+    last_seen_at REAL NOT NULL,
+    client_name TEXT,
+    client_version TEXT
 );
 CREATE TABLE IF NOT EXISTS login_states (
     digest TEXT PRIMARY KEY,
     session_digest TEXT NOT NULL,
     verifier BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS login_confirmations (
+    digest TEXT PRIMARY KEY,
+    session_digest TEXT NOT NULL,
+    browser_digest TEXT NOT NULL,
+    scopes TEXT NOT NULL,
     expires_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS children (
@@ -63,7 +72,11 @@ CANARY_KEY = "key_canary"
 CANARY_OWNER = "larkgate:canary"
 
 # Columns added after a store was first created: (table, column, declaration).
-_ADDED_COLUMNS = (("users", "refresh_expires_at", "REAL"),)
+_ADDED_COLUMNS = (
+    ("users", "refresh_expires_at", "REAL"),
+    ("sessions", "client_name", "TEXT"),
+    ("sessions", "client_version", "TEXT"),
+)
 
 
 @dataclass(frozen=True)
@@ -142,11 +155,25 @@ class UserRecord:
 
 @dataclass(frozen=True)
 class SessionRecord:
+    """A session as stored; the client's name and version are what it said in ``initialize``."""
+
     digest: str
     transport: str
     user_id: str | None
     created_at: float
     last_seen_at: float
+    client_name: str | None = None
+    client_version: str | None = None
+
+
+@dataclass(frozen=True)
+class LoginConfirmation:
+    """A shown login-link page whose button was not pressed yet (digests only)."""
+
+    session_digest: str
+    browser_digest: str
+    scopes: tuple[str, ...]
+    expires_at: float
 
 
 class Store:
@@ -368,8 +395,17 @@ class Store:
         now = time.time()
         with self._database.tx() as db:
             db.execute(
-                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO sessions (digest, transport, user_id, created_at, last_seen_at) "
+                "VALUES (?, ?, ?, ?, ?)",
                 (digest(session_id), transport, user_id, now, now),
+            )
+
+    def note_session_client(self, session_id: str, name: str, version: str) -> None:
+        """Remember the client that initialized a session, for its login link's page."""
+        with self._database.tx() as db:
+            db.execute(
+                "UPDATE sessions SET client_name = ?, client_version = ? WHERE digest = ?",
+                (name, version, digest(session_id)),
             )
 
     def get_session(self, session_id: str) -> SessionRecord | None:
@@ -454,6 +490,53 @@ class Store:
         verifier = self._sealer.open_sealed(row[1], state_digest).decode()
         return str(row[0]), verifier
 
+    # -- login-link confirmations --------------------------------------------------------
+
+    def put_login_confirmation(
+        self,
+        token: str,
+        session_id: str,
+        *,
+        browser_id: str,
+        scopes: tuple[str, ...],
+        expires_at: float,
+        now: float,
+    ) -> None:
+        """Remember a login-link page's token: one press of its button, in that browser."""
+        with self._database.tx() as db:
+            db.execute("DELETE FROM login_confirmations WHERE expires_at < ?", (now,))
+            db.execute(
+                "INSERT INTO login_confirmations VALUES (?, ?, ?, ?, ?)",
+                (
+                    digest(token),
+                    digest(session_id),
+                    digest(browser_id),
+                    " ".join(scopes),
+                    expires_at,
+                ),
+            )
+
+    def get_login_confirmation(self, token: str) -> LoginConfirmation | None:
+        """The confirmation a page's token names, without using it up."""
+        rows = self._database.query(
+            "SELECT * FROM login_confirmations WHERE digest = ?", (digest(token),)
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return LoginConfirmation(
+            session_digest=row["session_digest"],
+            browser_digest=row["browser_digest"],
+            scopes=tuple(row["scopes"].split()),
+            expires_at=float(row["expires_at"]),
+        )
+
+    def take_login_confirmation(self, token: str) -> bool:
+        """Use a confirmation up; False when another request already did."""
+        with self._database.tx() as db:
+            cur = db.execute("DELETE FROM login_confirmations WHERE digest = ?", (digest(token),))
+            return cur.rowcount == 1
+
     # -- child processes (so a restarted gateway can stop the ones a killed run left) ------
 
     def record_child(self, pid: int, port: int, user_id: str | None) -> None:
@@ -511,4 +594,6 @@ def _session(row: sqlite3.Row) -> SessionRecord:
         user_id=row["user_id"],
         created_at=float(row["created_at"]),
         last_seen_at=float(row["last_seen_at"]),
+        client_name=row["client_name"],
+        client_version=row["client_version"],
     )

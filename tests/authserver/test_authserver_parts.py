@@ -13,8 +13,8 @@ from larkgate.authserver.metadata import Resources, granted_scope
 from larkgate.authserver.ratelimit import RateLimiter
 from larkgate.authserver.redirects import RedirectRefused, check_registrable, matches
 from larkgate.authserver.tokens import s256, verifier_matches
-from larkgate.authserver.web import cookie_name, set_cookie
 from larkgate.config import ConfigError, Settings, load_settings
+from larkgate.pages import cookie_name, set_cookie
 
 
 def _settings(public_url: str, tmp_path: Path) -> Settings:

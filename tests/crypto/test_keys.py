@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from larkgate.backup import BackupError, open_snapshot, state_sealer, write_backup
 from larkgate.config import ConfigError, Settings, load_settings
 from larkgate.crypto import Sealer, encode_key, key_id, new_key
 from larkgate.keys import LEGACY_KEY_FILE, open_keys, open_store, rotate_key
@@ -191,3 +192,97 @@ def test_a_bad_edit_of_the_key_directory_does_not_break_a_running_gateway(
 
     # A running gateway keeps its keys rather than break on a bad edit of the directory.
     assert keys.reload() == before
+
+
+# -- retiring keys that backups still need --------------------------------------------------
+
+
+def _backed_up(tmp_path: Path) -> tuple[Settings, Path, str]:
+    """A store with a user, one backup of it in the configured backup directory, and the id of
+    the key that sealed both."""
+    settings = settings_for(tmp_path / "data", backup_dir=tmp_path / "offsite")
+    store = open_store(settings)
+    seed(store, "ou_alice")
+    kid = store.kids_in_use().pop()
+    store.close()
+    backup = write_backup(settings, state_sealer(settings), settings.backup_path)
+    return settings, backup, kid
+
+
+def test_retire_keeps_a_key_that_a_backup_needs_and_names_the_backup(tmp_path: Path) -> None:
+    settings, backup, old_kid = _backed_up(tmp_path)
+    first = rotate_key(settings)
+
+    second = rotate_key(settings, retire=True)
+
+    # The key between the two rotations sealed no backup: it goes; the backup's key stays.
+    assert second.retired == [first.primary]
+    assert second.kept_for_backups == {old_kid: [backup]}
+    assert second.unrestorable == {}
+    assert sorted(p.stem for p in settings.keys_dir.glob("*.key")) == sorted(
+        [old_kid, second.primary]
+    )
+    snapshot = open_snapshot(backup.read_bytes(), state_sealer(settings))
+    assert snapshot.key_id == old_kid
+
+
+def test_retire_with_force_removes_the_key_and_names_the_backups_it_loses(
+    tmp_path: Path,
+) -> None:
+    settings, backup, old_kid = _backed_up(tmp_path)
+
+    rotation = rotate_key(settings, retire=True, force=True)
+
+    assert rotation.retired == [old_kid]
+    assert rotation.unrestorable == {old_kid: [backup]}
+    assert rotation.kept_for_backups == {}
+    with pytest.raises(BackupError, match=old_kid):
+        open_snapshot(backup.read_bytes(), state_sealer(settings))
+
+
+def test_a_backup_whose_key_cannot_be_read_keeps_every_key(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path / "data")
+    store = open_store(settings)
+    seed(store, "ou_alice")
+    kid = store.kids_in_use().pop()
+    store.close()
+    unreadable = settings.backup_path / "larkgate-20261204-120000-ab12.lgbackup"
+    unreadable.mkdir(parents=True)  # reading it fails, as a file without permission would
+
+    rotation = rotate_key(settings, retire=True)
+
+    assert rotation.retired == [] and rotation.kept_for_backups == {kid: [unreadable]}
+
+
+def test_rotate_key_retire_command_refuses_to_drop_a_backups_key_without_force(
+    tmp_path: Path,
+) -> None:
+    settings, backup, old_kid = _backed_up(tmp_path)
+    env = {
+        "PATH": os.environ["PATH"],
+        "LARKGATE_DATA_DIR": str(settings.data_dir),
+        "LARKGATE_BACKUP_DIR": str(settings.backup_path),
+    }
+
+    def rotate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "larkgate.cli", "rotate-key", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    kept = rotate("--retire")
+    assert kept.returncode == 1, kept.stderr
+    assert f"key {old_kid} kept" in kept.stdout and backup.name in kept.stdout
+    assert "--force" in kept.stdout
+    assert (settings.keys_dir / f"{old_kid}.key").exists()
+
+    lonely = rotate("--force")
+    assert lonely.returncode == 2 and "--force only goes with --retire" in lonely.stderr
+
+    forced = rotate("--retire", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert f"warning: key {old_kid} removed" in forced.stdout and backup.name in forced.stdout
+    assert not (settings.keys_dir / f"{old_kid}.key").exists()

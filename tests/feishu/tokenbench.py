@@ -17,7 +17,7 @@ from larkgate.clock import Clock
 from larkgate.emulator import CallRecord, RunningEmulator
 from larkgate.emulator.grants import fingerprint
 from larkgate.store import Tokens
-from support import gateway_settings
+from support import confirmation_form, gateway_settings
 
 TOKEN_PATHS = ("/open-apis/authen/v2/oauth/token", "/oauth/v3/token")
 FAST_RETRIES = {"refresh_backoff": 0.01, "refresh_backoff_cap": 0.05, "feishu_timeout": 5.0}
@@ -42,7 +42,8 @@ class Bench:
         gateway = build_gateway(settings, clock or Clock())
         login = Starlette(
             routes=[
-                Route("/oauth/start", gateway.login.start),
+                Route("/oauth/start", gateway.login.start, methods=["GET"]),
+                Route("/oauth/start", gateway.login.confirm, methods=["POST"]),
                 Route("/oauth/callback", gateway.login.callback),
             ]
         )
@@ -70,9 +71,20 @@ class Bench:
         self.gateway.sessions.create("streamable", session_id)
         return session_id
 
-    async def start_login(self, session_id: str, scope: str | None = None) -> httpx.Response:
+    async def open_login_link(self, session_id: str, scope: str | None = None) -> httpx.Response:
+        """The login link's page (or its refusal)."""
         params = {"sessionId": session_id} | ({"scope": scope} if scope is not None else {})
         return await self.web.get("/oauth/start", params=params)
+
+    async def start_login(self, session_id: str, scope: str | None = None) -> httpx.Response:
+        """Open the login link and press its button: the redirect to Feishu, or a refusal."""
+        page = await self.open_login_link(session_id, scope)
+        if page.status_code != 200:
+            return page
+        action, fields = confirmation_form(page)
+        public = urlsplit(self.gateway.settings.public_url)
+        origin = f"{public.scheme}://{public.netloc}"
+        return await self.web.post(action, data=fields, headers={"Origin": origin})
 
     async def feishu_consents(self, authorize_url: str, user: str) -> str:
         """The callback URL Feishu sends the browser back to."""

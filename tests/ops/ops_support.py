@@ -21,7 +21,7 @@ import httpx
 import psutil
 
 from larkgate.emulator import RunningEmulator
-from support import LARK_MCP_CLI, REPO, lark_mcp_under, login_link_in
+from support import LARK_MCP_CLI, REPO, lark_mcp_under, login_link_in, press_login_button
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INIT = {
@@ -57,7 +57,7 @@ class Seen:
 def login(link: str, user: str, seen: Seen, verify: Any = True) -> httpx.Response:
     """Play the browser through Feishu's login, keeping the state and code it carried."""
     with httpx.Client(timeout=30, trust_env=False, verify=verify) as browser:
-        start = browser.get(link)
+        start = press_login_button(browser, link)
         assert start.status_code == 302, start.text
         authorize = start.headers["location"]
         seen.states += parse_qs(urlsplit(authorize).query)["state"]

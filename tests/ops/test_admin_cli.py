@@ -20,7 +20,7 @@ from ops_support import (
 )
 
 from larkgate.emulator import RunningEmulator
-from larkgate.instances.pool import user_key
+from larkgate.userkey import user_key
 from support import free_port
 
 ADMIN_TOKEN = "cli-admin-token-of-the-test-gateway"

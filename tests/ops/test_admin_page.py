@@ -2,44 +2,27 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from ops_support import Seen, logged_in_session, wait_until
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 from png import png_size, read_png
 
 from larkgate.emulator import RunningEmulator
-from larkgate.instances.pool import user_key
-from support import GatewayServer
+from larkgate.userkey import user_key
+from support import GatewayServer, chromium
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-default-apps",
-    "--disable-extensions",
-]
 ADMIN_TOKEN = "admin-token-for-the-browser-test"
 HEADER_BLUE = (0x33, 0x70, 0xFF)
 
 
 @pytest.fixture
 def browser() -> Iterator[Browser]:
-    if shutil.which(CHROMIUM) is None:
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 def test_admin_page_shows_instances_users_charts_and_stops_an_instance(

@@ -13,8 +13,8 @@ import pytest
 from ops_support import ACCEPT, Seen, call_tool, login, open_session
 
 from larkgate.emulator import RunningEmulator
-from larkgate.instances.pool import user_key
 from larkgate.logs import setup_logging
+from larkgate.userkey import user_key
 from support import GatewayServer
 
 

@@ -9,7 +9,7 @@ from ops_support import Seen, call_tool, logged_in_session, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from larkgate.emulator import RunningEmulator
-from larkgate.instances.pool import user_key
+from larkgate.userkey import user_key
 from support import GatewayServer
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from larkgate.emulator import RunningEmulator
-from support import GatewayServer, login_link_in, play_browser_login
+from support import GatewayServer, login_link_in, play_browser_login, press_login_button
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INIT = {
@@ -160,7 +160,7 @@ def test_forged_and_replayed_login_state_are_refused_and_change_nothing(
     assert forged.status_code == 400 and "login_state_invalid" in forged.text
 
     with httpx.Client(timeout=30, trust_env=False) as browser:
-        authorize = browser.get(link).headers["location"]
+        authorize = press_login_button(browser, link).headers["location"]
         back = browser.get(f"{authorize}&emulator_user=alice").headers["location"]
         first = browser.get(back)
         replay = browser.get(back)

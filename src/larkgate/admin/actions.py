@@ -10,8 +10,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..instances.pool import user_key
 from ..store import UserRecord
+from ..userkey import user_key
 
 if TYPE_CHECKING:
     from ..app import Gateway

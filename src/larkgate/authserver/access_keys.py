@@ -22,25 +22,23 @@ from ..clock import Clock
 from ..config import Settings
 from ..feishu.oauth import FeishuUser
 from ..login import LoginRoutes
+from ..pages import (
+    BROWSER_COOKIE,
+    FormError,
+    clear_cookie,
+    cookie_name,
+    framed_page,
+    read_form,
+    same_origin,
+    set_cookie,
+)
 from ..store import Store, digest
 from . import audit
-from .authorize import BROWSER_COOKIE
 from .grants import GrantStore
 from .keystore import KeyStore
 from .ratelimit import RateLimiter
 from .tokens import mint, same
-from .web import (
-    FormError,
-    clear_cookie,
-    client_address,
-    cookie_name,
-    form_token,
-    framed_page,
-    read_form,
-    redirect,
-    same_origin,
-    set_cookie,
-)
+from .web import client_address, form_token, redirect
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from ..instances.pool import user_key
+from ..userkey import user_key
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,16 @@ from ..clock import Clock
 from ..config import Settings
 from ..feishu.oauth import FeishuUser
 from ..login import LoginRoutes
+from ..pages import (
+    BROWSER_COOKIE,
+    FormError,
+    cookie_name,
+    framed_page,
+    read_form,
+    same_origin,
+    set_cookie,
+    single_values,
+)
 from ..store import digest
 from . import audit
 from .grants import AuthorizationRequest, Client, CodeGrant, GrantStore
@@ -30,22 +40,10 @@ from .metadata import Resources, granted_scope
 from .ratelimit import RateLimiter
 from .redirects import is_loopback, matches, sole
 from .tokens import mint, same, valid_challenge
-from .web import (
-    FormError,
-    client_address,
-    cookie_name,
-    framed_page,
-    read_form,
-    redirect,
-    same_origin,
-    set_cookie,
-    single_values,
-    with_query,
-)
+from .web import client_address, redirect, with_query
 
 log = logging.getLogger(__name__)
 
-BROWSER_COOKIE = "larkgate_browser"
 MAX_STATE_LENGTH = 512
 
 

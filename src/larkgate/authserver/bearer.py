@@ -23,10 +23,10 @@ from starlette.responses import Response
 from .. import errors
 from ..clock import Clock
 from ..config import EndpointAuth, Settings
-from ..instances.pool import user_key
 from ..store import Store, digest
 from ..transports.common import Rejected, http_error
 from ..transports.sessions import Session, SessionTable
+from ..userkey import user_key
 from .grants import GrantStore
 from .keystore import KeyStore
 from .metadata import SCOPE, Resources

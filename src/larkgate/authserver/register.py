@@ -19,11 +19,12 @@ from starlette.responses import Response
 
 from ..clock import Clock
 from ..config import Settings
+from ..pages import MAX_FORM_BYTES
 from . import audit
 from .grants import GrantStore
 from .ratelimit import RateLimiter
 from .redirects import MAX_REDIRECT_URIS, RedirectRefused, check_registrable, is_loopback
-from .web import MAX_FORM_BYTES, client_address, json_answer, oauth_error, rate_limited_json
+from .web import client_address, json_answer, oauth_error, rate_limited_json
 
 log = logging.getLogger(__name__)
 

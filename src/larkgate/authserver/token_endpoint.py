@@ -17,21 +17,14 @@ from starlette.responses import Response
 
 from ..clock import Clock
 from ..config import Settings
+from ..pages import FormError, read_form
 from . import audit
 from .grants import GrantStore, IssuedTokens, Redeemed
 from .metadata import Resources
 from .ratelimit import RateLimiter
 from .redirects import sole
 from .tokens import verifier_matches
-from .web import (
-    CORS_HEADERS,
-    FormError,
-    client_address,
-    json_answer,
-    oauth_error,
-    rate_limited_json,
-    read_form,
-)
+from .web import CORS_HEADERS, client_address, json_answer, oauth_error, rate_limited_json
 
 log = logging.getLogger(__name__)
 

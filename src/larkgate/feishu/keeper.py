@@ -32,8 +32,8 @@ from functools import partial
 from ..clock import Clock
 from ..config import ENV_PREFIX, Settings
 from ..crypto import SealError
-from ..instances.pool import user_key
 from ..store import Store, Tokens
+from ..userkey import user_key
 from .budget import Priority
 from .oauth import FailureKind, FeishuError, FeishuOAuth, TokenGrant
 

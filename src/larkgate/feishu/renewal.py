@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from ..clock import Clock
 from ..config import Settings
-from ..instances.pool import user_key
 from ..store import Store
+from ..userkey import user_key
 from .keeper import NeedsLogin, TokenKeeper, TryAgain
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,9 @@
 """Drains a child's stdout and stderr into the owner's log file, rotated by size.
 
 A child that cannot write blocks, so its pipes are always read. The file changes when a warm
-spare is handed to a user: from then on its output lands in that user's log.
+spare is handed to a user: from then on its output lands in that user's log. Each line goes
+through the same redaction as the gateway's own log: lark-mcp and the Feishu SDK may print a
+failed request with its headers, and the user's token rides in one of them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import os
 from pathlib import Path
 from typing import BinaryIO
+
+from ..logs import redact
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,6 @@ class ChildLog:
             if not line:
                 return
             try:
-                self.write(line)
+                self.write(redact(line.decode(errors="replace")).encode())
             except OSError as exc:
                 log.warning("child log write failed (%s); output dropped", exc.strerror)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import sqlite3
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 from ..config import Settings
 from ..store import Store
+from ..userkey import user_key
 from .spawner import Child, Spawner, StartFailed, kill_group, process_gone, stop_orphan
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,6 @@ class PoolCounts:
     starting: int
     failed: int
     default_ready: bool
-
-
-def user_key(user_id: str) -> str:
-    """A stable, path-safe, non-reversible name for a user (logs, directories, metrics)."""
-    return hashlib.sha256(b"larkgate-user:" + user_id.encode()).hexdigest()[:16]
 
 
 class InstancePool:

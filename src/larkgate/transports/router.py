@@ -21,9 +21,11 @@ from ..config import Settings
 from ..feishu.keeper import NeedsLogin, TokenKeeper, TryAgain
 from ..feishu.oauth import parse_scopes
 from ..instances.channel import ChannelClosed
-from ..instances.pool import InstanceFailed, InstancePool, user_key
+from ..instances.pool import InstanceFailed, InstancePool
 from ..instances.spawner import Child, StartFailed
 from ..store import Store
+from ..userkey import user_key
+from .sessions import note_client
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
@@ -149,6 +151,8 @@ class Router:
         params = message.get("params") or {}
         asked = params.get("protocolVersion") if isinstance(params, dict) else None
         version = asked if asked in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[0]
+        if isinstance(params, dict):
+            note_client(self._store, caller.session_id, params.get("clientInfo"))
         if self._logged_in(caller):
             instructions = "Feishu/Lark tools acting as you, through LarkGate."
         else:

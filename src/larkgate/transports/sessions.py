@@ -2,20 +2,59 @@
 
 The store holds each session (as a digest) and the user it is bound to, so a session survives
 a gateway restart. Last-use times live in memory and reach the store on the periodic sweep,
-which keeps a disk write off every request.
+which keeps a disk write off every request. The store also keeps the name and version the
+client gave in ``initialize``, which the login link's page shows to the person asked to log in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import sqlite3
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import Settings
 from ..store import Store, digest
 
 log = logging.getLogger(__name__)
+
+MAX_CLIENT_NAME = 60
+MAX_CLIENT_VERSION = 30
+# Control and format characters (newlines, bidi overrides) could disguise the name on a page.
+_HIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+def note_client(store: Store, session_id: str, client_info: Any) -> None:
+    """Remember which client initialized a session; a store failure loses only the name."""
+    client = client_of(client_info)
+    if client is None:
+        return
+    try:
+        store.note_session_client(session_id, *client)
+    except sqlite3.Error as exc:
+        log.warning("could not record the client of a session, its login page names none: %s", exc)
+
+
+def client_of(client_info: Any) -> tuple[str, str] | None:
+    """(name, version) from an ``initialize`` clientInfo, cleaned and cut to a short line.
+
+    The client chose both itself: they are shown as its claim, never trusted, and escaped where
+    they are shown.
+    """
+    if not isinstance(client_info, dict):
+        return None
+    name = _clean(client_info.get("name"), MAX_CLIENT_NAME)
+    version = _clean(client_info.get("version"), MAX_CLIENT_VERSION)
+    return (name, version) if name or version else None
+
+
+def _clean(value: Any, limit: int) -> str:
+    if not isinstance(value, str):
+        return ""
+    return " ".join(_HIDDEN.sub(" ", value[: limit * 4]).split())[:limit]
 
 
 @dataclass
