@@ -26,7 +26,7 @@ import httpx
 ACCEPT = "application/json, text/event-stream"
 PROTOCOL_VERSION = "2025-06-18"
 CHAT_LIST = "im_v1_chat_list"
-LOGIN_LINK = re.compile(r"https?://[^\s\"']+/oauth/start\?sessionId=[A-Za-z0-9_-]+")
+LOGIN_LINK = re.compile(r"https?://[^\s\"']+/oauth/start\?login=[A-Za-z0-9_-]+")
 LOGIN_FORM_FIELD = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)"')
 CONSENT_REQUEST = re.compile(r'name="request" value="([^"]+)"')
 CONSENT_ACTION = re.compile(r'<form method="post" action="([^"]+)"')
@@ -111,7 +111,7 @@ async def play_browser_login(http: httpx.AsyncClient, instructions: str, login: 
     link = found.group(0)
     page = await http.get(link)
     fields = dict(LOGIN_FORM_FIELD.findall(page.text))
-    if page.status_code != 200 or not {"sessionId", "confirm"} <= set(fields):
+    if page.status_code != 200 or not {"login", "confirm"} <= set(fields):
         raise CallFailed(f"/oauth/start answered {page.status_code} without its form")
     # Press the page's button as a browser does: with the page's cookie and Origin. Users log
     # in concurrently over one client, whose cookie jar is no one browser's: send this page's.

@@ -36,7 +36,7 @@ from larkgate.httpserver import server_config
 
 REPO = Path(__file__).resolve().parent.parent
 LARK_MCP_CLI = REPO / "node_modules/@larksuiteoapi/lark-mcp/dist/cli.js"
-LOGIN_LINK = re.compile(r"https?://[^\s\"']+/oauth/start\?sessionId=[A-Za-z0-9_-]+")
+LOGIN_LINK = re.compile(r"https?://[^\s\"']+/oauth/start\?login=[A-Za-z0-9_-]+")
 LOGIN_FORM_ACTION = re.compile(r'<form method="post" action="([^"]+/oauth/start)"')
 LOGIN_FORM_FIELD = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)"')
 
@@ -148,7 +148,7 @@ def confirmation_form(page: httpx.Response) -> tuple[str, dict[str, str]]:
     assert page.status_code == 200, page.text
     action = LOGIN_FORM_ACTION.search(page.text)
     fields = dict(LOGIN_FORM_FIELD.findall(page.text))
-    assert action and {"sessionId", "confirm"} <= set(fields), page.text
+    assert action and {"login", "confirm"} <= set(fields), page.text
     return html.unescape(action.group(1)), {k: html.unescape(v) for k, v in fields.items()}
 
 
@@ -192,6 +192,11 @@ def login_link_in(text: str | None) -> str:
     found = LOGIN_LINK.search(text or "")
     assert found, f"no login link in {text!r}"
     return found.group(0)
+
+
+def login_link_of(server: GatewayServer, session_id: str) -> str:
+    """The login link the gateway shows a session's client, for raw clients that read none."""
+    return server.gateway.router.login_link(session_id)
 
 
 @contextlib.asynccontextmanager

@@ -21,6 +21,7 @@ from mcp.client.sse import sse_client
 from mcp.types import Implementation
 
 from larkgate.emulator import EmulatorConfig, RunningEmulator
+from larkgate.emulator.config import make_user
 from larkgate.store import digest
 from support import (
     LARK_MCP_CLI,
@@ -30,6 +31,7 @@ from support import (
     gateway_settings,
     login_link_in,
     play_browser_login,
+    tool_text,
 )
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -41,6 +43,8 @@ CALL = {
     "params": {"name": CHAT_LIST, "arguments": {"params": {"page_size": 5}}},
 }
 FOREIGN = {"Origin": "https://evil.example"}
+# Alice, Bob and Carol are shared by the tests below; the others each belong to one test.
+PEOPLE = ("alice", "bob", "carol", "dave", "erin", "frank")
 
 
 def initialize(client_info: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -82,6 +86,11 @@ class Stack:
         assert record is not None
         return record.user_id
 
+    def open_id(self, login: str) -> str:
+        person = self.emulator.state.config.find_user(login)
+        assert person is not None
+        return person.open_id
+
     def call_tool(self, session_id: str) -> str:
         with httpx.Client(base_url=self.url, timeout=60, trust_env=False) as http:
             answer = http.post("/mcp", json=CALL, headers={**ACCEPT, "Mcp-Session-Id": session_id})
@@ -96,7 +105,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.fail("lark-mcp is not installed: run `npm ci --ignore-scripts`")
     data_dir: Path = tmp_path_factory.mktemp("login-link")
     with (
-        RunningEmulator(EmulatorConfig()) as emulator,
+        RunningEmulator(EmulatorConfig(users=[make_user(login) for login in PEOPLE])) as emulator,
         GatewayServer(gateway_settings(data_dir, emulator)) as gateway,
     ):
         yield Stack(gateway, emulator)
@@ -131,8 +140,9 @@ def test_the_login_page_names_the_client_and_the_transport_and_warns(stack: Stac
     cookie = page.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=lax" in cookie
     action, fields = confirmation_form(page)
-    assert action == f"{stack.url}/oauth/start" and fields["sessionId"] == session_id
+    assert action == f"{stack.url}/oauth/start" and fields["login"] in link
     assert fields["confirm"] not in link
+    assert session_id not in page.text
 
 
 def test_a_client_name_is_cut_short_and_loses_hidden_characters(stack: Stack) -> None:
@@ -206,11 +216,109 @@ def test_a_link_asking_for_more_scopes_shows_them_and_asks_feishu_for_them(stack
     assert asked == ["im:message", "docx:document", "offline_access"]
 
 
+# -- the link is not the session's credential ------------------------------------------------
+
+
+def test_the_session_id_is_in_neither_the_link_nor_anything_the_browser_is_sent(
+    stack: Stack,
+) -> None:
+    session_id, link = stack.open_session({"name": "raw", "version": "1"})
+    with browser() as person:
+        page = person.get(link)
+        action, fields = confirmation_form(page)
+        pressed = person.post(action, data=fields, headers=origin(stack))
+        feishu = person.get(f"{pressed.headers['location']}&emulator_user=bob")
+        done = person.get(feishu.headers["location"])
+
+    assert done.status_code == 200 and "Login succeeded" in done.text
+    assert session_id not in link
+    sent = [answer.text for answer in (page, pressed, done)]
+    sent += [f"{k}: {v}" for answer in (page, pressed, done) for k, v in answer.headers.items()]
+    assert [text for text in sent if session_id in text] == []
+
+
+@pytest.mark.anyio
+async def test_knowing_only_a_login_link_gives_no_way_to_call_tools_as_its_user(
+    stack: Stack,
+) -> None:
+    mcp_session, mcp_link = stack.open_session({"name": "raw", "version": "1"})
+    assert play_browser_login(mcp_link, "dave").status_code == 200
+    async with Client(sse_client(f"{stack.url}/sse"), mode="legacy") as dave_on_sse:
+        sse_link = login_link_in(dave_on_sse.instructions)
+        assert play_browser_login(sse_link, "dave").status_code == 200
+
+        # Someone who saw the links (history, a chat, a proxy log) tries them as session ids.
+        answers: list[httpx.Response] = []
+        async with httpx.AsyncClient(base_url=stack.url, timeout=30, trust_env=False) as other:
+            for link in (mcp_link, sse_link):
+                url = httpx.URL(link)
+                for guess in (url.params["login"], url.query.decode(), link):
+                    headers = {**ACCEPT, "Mcp-Session-Id": guess}
+                    answers.append(await other.post("/mcp", json=CALL, headers=headers))
+                    params = {"sessionId": guess}
+                    answers.append(await other.post("/messages", params=params, json=CALL))
+
+        assert [(a.status_code, a.json()["error"]["data"]["code"]) for a in answers] == [
+            (404, "unknown_session")
+        ] * len(answers)
+        assert not [a for a in answers if "Dave" in a.text]
+        # Dave's own clients still act as Dave.
+        on_sse = await dave_on_sse.call_tool(CHAT_LIST, {"params": {"page_size": 5}})
+        assert "Dave" in tool_text(on_sse)
+    assert "Dave" in stack.call_tool(mcp_session)
+
+
+# -- a used link ----------------------------------------------------------------------------
+
+
+def test_a_used_login_link_opened_by_someone_else_cannot_take_the_session_over(
+    stack: Stack,
+) -> None:
+    session_id, link = stack.open_session({"name": "raw", "version": "1"})
+    assert play_browser_login(link, "erin").status_code == 200
+    store = stack.gateway.gateway.store
+    carol_before = store.raw_user_row(stack.open_id("carol"))
+    refused_before = stack.gateway.gateway.login.outcomes["refused"]
+
+    with browser() as other:
+        page = other.get(link)
+        assert "This session is already logged in to Feishu" in page.text
+        assert "Erin" not in page.text  # the page does not tell a stranger whose session it is
+        action, fields = confirmation_form(page)
+        pressed = other.post(action, data=fields, headers=origin(stack))
+        feishu = other.get(f"{pressed.headers['location']}&emulator_user=carol")
+        refused = other.get(feishu.headers["location"])
+
+    assert refused.status_code == 409
+    assert "Error code: <code>session_other_user</code>" in refused.text
+    assert stack.gateway.gateway.login.outcomes["refused"] == refused_before + 1
+    assert stack.bound_user(session_id) == stack.open_id("erin")
+    assert "Erin" in stack.call_tool(session_id)
+    assert store.raw_user_row(stack.open_id("carol")) == carol_before
+
+
+def test_the_same_person_logs_in_again_through_a_used_link_when_feishu_refused_them(
+    stack: Stack,
+) -> None:
+    session_id, link = stack.open_session({"name": "raw", "version": "1"})
+    assert play_browser_login(link, "frank").status_code == 200
+    assert "Frank" in stack.call_tool(session_id)
+    stack.emulator.state.grants.revoke_user(stack.open_id("frank"))
+    asked = stack.call_tool(session_id)
+    assert "login_required" in asked and login_link_in(asked) == link
+
+    again = play_browser_login(link, "frank")
+
+    assert again.status_code == 200 and "Login succeeded" in again.text
+    assert stack.bound_user(session_id) == stack.open_id("frank")
+    assert "Frank" in stack.call_tool(session_id)
+
+
 # -- forged and crossed posts ------------------------------------------------------------------
 
 
 def _no_token(fields: dict[str, str]) -> dict[str, str]:
-    return {"sessionId": fields["sessionId"]}
+    return {"login": fields["login"]}
 
 
 def _wrong_token(fields: dict[str, str]) -> dict[str, str]:
@@ -268,7 +376,7 @@ def test_one_pages_token_cannot_continue_another_sessions_login(stack: Stack) ->
         action, own_fields = confirmation_form(person.get(own_link))
         crossed = person.post(
             action,
-            data={"sessionId": own_session, "confirm": mallory_fields["confirm"]},
+            data={"login": own_fields["login"], "confirm": mallory_fields["confirm"]},
             headers=origin(stack),
         )
         assert crossed.status_code == 403 and "form_expired" in crossed.text
@@ -304,7 +412,7 @@ def test_a_page_left_open_too_long_is_refused(stack: Stack) -> None:
 def test_unknown_and_ended_sessions_keep_their_404(stack: Stack) -> None:
     session_id, link = stack.open_session()
     with browser() as person:
-        unknown = person.get(f"{stack.url}/oauth/start", params={"sessionId": "made-up"})
+        unknown = person.get(f"{stack.url}/oauth/start", params={"login": "made-up"})
         action, fields = confirmation_form(person.get(link))
         with httpx.Client(base_url=stack.url, timeout=30, trust_env=False) as http:
             assert http.delete("/mcp", headers={"Mcp-Session-Id": session_id}).status_code == 204

@@ -4,6 +4,8 @@ They read the same store as the gateway (SQLite in WAL mode, so reading and smal
 safe while it serves). What only the running gateway can do, stopping a live instance or
 closing an open event stream, goes through its admin API on the loopback address with the
 admin token; when no gateway runs, the store is changed directly, as nothing else holds it.
+Pointed at a directory where no gateway has run, they say so in one line and create nothing
+(no directory, store or key).
 """
 
 from __future__ import annotations
@@ -19,22 +21,45 @@ from typing import Any
 import httpx
 
 from .admin.actions import SESSION_PREFIX_MIN, find_user, login_state
-from .admin.auth import NoAdminToken, admin_token
+from .admin.auth import NoAdminToken, admin_token, token_file
 from .backup import BackupError, restore, state_sealer, write_backup
-from .config import Settings, load_settings
+from .config import ENV_PREFIX, ConfigError, Settings, load_settings
+from .datadir import require_gateway_data
+from .keys import KeyFileError, open_store
 from .logs import redact
-from .store import Store
+from .store import Store, UserRecord
 from .userkey import user_key
 
 API_TIMEOUT = 30.0
 FOLLOW_POLL = 0.5
 USER_HASH_CHARS = 16
+USER_HELP = "the USER hash from `users list`, the Feishu open_id, or a name only one user has"
 
 
 def _store(settings: Settings) -> Store:
-    from .keys import open_store
+    """The gateway's store; an admin command never creates one, nor a key."""
+    require_gateway_data(settings)
+    return open_store(settings, create=False)
 
-    return open_store(settings)
+
+def lookup_user(users: list[UserRecord], ref: str) -> UserRecord | None:
+    """A user by open_id, hash, or Feishu name when one user alone has it; None (and why, on
+    stderr) when there is none or the name is ambiguous."""
+    found = find_user(users, ref)
+    if found is not None:
+        return found
+    named = [u for u in users if u.name and u.name.casefold() == ref.casefold()]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        print(
+            f"larkgate: {len(named)} users are named {ref!r}: give the USER hash from "
+            "`larkgate users list`",
+            file=sys.stderr,
+        )
+    else:
+        print(f"larkgate: no user {ref!r}", file=sys.stderr)
+    return None
 
 
 def _when(epoch: float) -> str:
@@ -64,6 +89,10 @@ class GatewayApi:
             token = ""
         try:
             with httpx.Client(trust_env=False, timeout=API_TIMEOUT) as http:
+                if not token:
+                    # Without a token only "is a gateway there?" can be asked.
+                    http.get(self.url + "/health")
+                    raise ConfigError(self._no_token())
                 response = http.request(
                     method, self.url + path, headers={"Authorization": f"Bearer {token}"}
                 )
@@ -79,6 +108,13 @@ class GatewayApi:
             raise SystemExit(f"larkgate: {body.get('error', response.status_code)}")
         return body  # type: ignore[no-any-return]
 
+    def _no_token(self) -> str:
+        return (
+            f"no admin token for the gateway at {self.url}: {ENV_PREFIX}ADMIN_TOKEN is not set "
+            f"and {token_file(self._settings).resolve()} does not exist; set {ENV_PREFIX}DATA_DIR "
+            f"to the gateway's data directory, or {ENV_PREFIX}ADMIN_TOKEN to its admin token"
+        )
+
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     users = commands.add_parser("users", help="list, show or log out users")
@@ -87,10 +123,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_users_list)
     p = users_do.add_parser("show", help="one user's login, sessions and log file")
-    p.add_argument("user", help="Feishu open_id or the user's hash")
+    p.add_argument("user", help=USER_HELP)
     p.set_defaults(run=_users_show)
     p = users_do.add_parser("logout", help="forget a user's Feishu login and end their sessions")
-    p.add_argument("user", help="Feishu open_id or the user's hash")
+    p.add_argument("user", help=USER_HELP)
     p.set_defaults(run=_users_logout)
 
     instances = commands.add_parser("instances", help="list or stop lark-mcp instances")
@@ -105,12 +141,17 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     sessions = commands.add_parser("sessions", help="list or end MCP sessions")
     sessions_do = sessions.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = sessions_do.add_parser("list", help="sessions with transport, user and last use")
-    p.add_argument("--user", help="only this user's (open_id or hash)")
+    p.add_argument("--user", help=f"only this user's: {USER_HELP}")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_sessions_list)
     p = sessions_do.add_parser("end", help="end one session, or every session of --user")
-    p.add_argument("session", nargs="?", help="session id prefix from `sessions list`")
-    p.add_argument("--user", help="end every session of this user (open_id or hash)")
+    p.add_argument(
+        "session",
+        nargs="?",
+        help=f"the first {SESSION_PREFIX_MIN} or more characters of a SESSION from "
+        "`sessions list`",
+    )
+    p.add_argument("--user", help=f"end every session of this user: {USER_HELP}")
     p.set_defaults(run=_sessions_end)
 
     p = commands.add_parser("logs", help="show a user's lark-mcp log (stdout and stderr)")
@@ -172,9 +213,8 @@ def _users_show(args: argparse.Namespace) -> int:
     settings = load_settings()
     store = _store(settings)
     try:
-        user = find_user(store.list_users(), args.user)
+        user = lookup_user(store.list_users(), args.user)
         if user is None:
-            print(f"larkgate: no user {args.user!r}", file=sys.stderr)
             return 1
         loaded = store.load_tokens(user.user_id)
         sessions = [s for s in store.list_sessions() if s.user_id == user.user_id]
@@ -217,9 +257,8 @@ def _users_logout(args: argparse.Namespace) -> int:
     settings = load_settings()
     store = _store(settings)
     try:
-        user = find_user(store.list_users(), args.user)
+        user = lookup_user(store.list_users(), args.user)
         if user is None:
-            print(f"larkgate: no user {args.user!r}", file=sys.stderr)
             return 1
         key = user_key(user.user_id)
         answer = GatewayApi(settings).call("POST", f"/admin/api/users/{key}/logout")
@@ -294,9 +333,8 @@ def _sessions_list(args: argparse.Namespace) -> int:
         users = store.list_users()
         only = None
         if args.user:
-            found = find_user(users, args.user)
+            found = lookup_user(users, args.user)
             if found is None:
-                print(f"larkgate: no user {args.user!r}", file=sys.stderr)
                 return 1
             only = found.user_id
         rows: list[dict[str, Any]] = [
@@ -334,14 +372,17 @@ def _sessions_end(args: argparse.Namespace) -> int:
         print("larkgate: name one session, or --user", file=sys.stderr)
         return 2
     if args.session and len(args.session) < SESSION_PREFIX_MIN:
-        print(f"larkgate: give at least {SESSION_PREFIX_MIN} characters", file=sys.stderr)
+        print(
+            f"larkgate: give at least {SESSION_PREFIX_MIN} characters of a SESSION from "
+            "`larkgate sessions list`",
+            file=sys.stderr,
+        )
         return 2
     store = _store(settings)
     try:
         if args.user:
-            user = find_user(store.list_users(), args.user)
+            user = lookup_user(store.list_users(), args.user)
             if user is None:
-                print(f"larkgate: no user {args.user!r}", file=sys.stderr)
                 return 1
             path = f"/admin/api/users/{user_key(user.user_id)}/end-sessions"
             targets = [s.digest for s in store.list_sessions() if s.user_id == user.user_id]
@@ -401,7 +442,9 @@ def _follow(path: Path) -> Iterator[str]:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    path = log_file(load_settings(), args.user)
+    settings = load_settings()
+    require_gateway_data(settings)
+    path = log_file(settings, args.user)
     if not path.exists() and not args.follow:
         print(f"larkgate: no log at {path} (has this user's instance ever run?)", file=sys.stderr)
         return 1
@@ -421,8 +464,10 @@ def _logs(args: argparse.Namespace) -> int:
 
 def _backup(args: argparse.Namespace) -> int:
     settings = load_settings()
+    require_gateway_data(settings)
     try:
-        path = write_backup(settings, state_sealer(settings), args.out or settings.backup_path)
+        sealer = state_sealer(settings, create=False)
+        path = write_backup(settings, sealer, args.out or settings.backup_path)
     except BackupError as exc:
         print(f"larkgate: {exc}", file=sys.stderr)
         return 1
@@ -433,7 +478,17 @@ def _backup(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     settings = load_settings()
     try:
-        snapshot = restore(settings, state_sealer(settings), args.snapshot)
+        # Only the key that sealed the snapshot opens it: a restore never makes a new one.
+        sealer = state_sealer(settings, create=False)
+    except KeyFileError as exc:
+        print(
+            f"larkgate: restore refused: {exc}; put the key files of the gateway that wrote the "
+            f"backup into {settings.keys_dir}, or set {ENV_PREFIX}ENCRYPTION_KEY to its key",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        snapshot = restore(settings, sealer, args.snapshot)
     except (BackupError, OSError) as exc:
         print(f"larkgate: restore refused: {exc}", file=sys.stderr)
         return 1

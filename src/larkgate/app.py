@@ -20,6 +20,7 @@ from . import __version__, errors
 from .authserver import AuthServer
 from .clock import Clock
 from .config import Settings
+from .datadir import DataDirLock
 from .feishu.keeper import TokenKeeper
 from .feishu.oauth import FeishuOAuth
 from .feishu.renewal import RenewalJob
@@ -85,7 +86,12 @@ def build_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
     )
 
 
-def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
+def create_app(
+    settings: Settings, clock: Clock | None = None, data_dir_lock: DataDirLock | None = None
+) -> Starlette:
+    """The gateway as an ASGI app. ``data_dir_lock``: the data directory's lock, when the caller
+    took it before building (``larkgate serve``); else the lifespan takes it before anything
+    else starts, and a gateway already serving from the directory stops the start."""
     gateway = build_gateway(settings, clock)
     guard = gateway.auth.guard
     streamable = StreamableEndpoint(settings, gateway.sessions, gateway.router, guard)
@@ -125,24 +131,11 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        gateway.loop = asyncio.get_running_loop()
-        await gateway.pool.start()
-        await ops.start()
-        sweeper = asyncio.create_task(_sweep_sessions(gateway))
-        renewing = asyncio.create_task(gateway.renewal.run(), name="token-renewal")
-        log.info("LarkGate %s serving at %s", __version__, settings.public_url)
-        try:
-            yield
-        finally:
-            sweeper.cancel()
-            renewing.cancel()
-            await ops.stop()
-            await gateway.pool.close()
-            await gateway.keeper.close(timeout=settings.feishu_timeout)
-            await gateway.http.aclose()
-            gateway.auth.close()
-            gateway.store.close()
-            log.info("LarkGate stopped; every child was stopped")
+        with contextlib.ExitStack() as held:
+            if data_dir_lock is None:
+                held.enter_context(DataDirLock.claim(settings.data_dir))
+            async with _running(gateway, ops):
+                yield
 
     routes = [
         Route("/mcp", streamable.handle, methods=["GET", "POST", "DELETE"]),
@@ -166,6 +159,30 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
     app.state.gateway = gateway
     app.state.ops = ops
     return app
+
+
+@contextlib.asynccontextmanager
+async def _running(gateway: Gateway, ops: Operations) -> AsyncIterator[None]:
+    """The pool, the operations and the periodic jobs, from start to a clean stop."""
+    settings = gateway.settings
+    gateway.loop = asyncio.get_running_loop()
+    await gateway.pool.start()
+    await ops.start()
+    sweeper = asyncio.create_task(_sweep_sessions(gateway))
+    renewing = asyncio.create_task(gateway.renewal.run(), name="token-renewal")
+    log.info("LarkGate %s serving at %s", __version__, settings.public_url)
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        renewing.cancel()
+        await ops.stop()
+        await gateway.pool.close()
+        await gateway.keeper.close(timeout=settings.feishu_timeout)
+        await gateway.http.aclose()
+        gateway.auth.close()
+        gateway.store.close()
+        log.info("LarkGate stopped; every child was stopped")
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> Response:

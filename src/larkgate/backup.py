@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -23,16 +21,16 @@ import secrets
 import sqlite3
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
 from . import __version__
 from .config import Settings
 from .crypto import KID_BYTES, Sealer, SealError
+from .datadir import RESTORE, DataDirBusy, DataDirLock
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -44,7 +42,6 @@ SEAL_OWNER = "larkgate:backup"
 SUFFIX = ".lgbackup"
 SCHEDULED_PREFIX = "larkgate-"
 DB_NAME = "larkgate.db"
-LOCK_NAME = "serve.lock"
 UNKNOWN_KEY = "?"
 
 
@@ -181,41 +178,17 @@ def prune(directory: Path, keep: int) -> list[Path]:
     return doomed
 
 
-# -- the running gateway holds a lock; restore needs it free ---------------------------------
-
-
-@contextlib.contextmanager
-def serving_lock(data_dir: Path) -> Iterator[IO[str] | None]:
-    """Held while a gateway serves from ``data_dir``; None when another process holds it."""
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle = (data_dir / LOCK_NAME).open("a+")
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield None
-            return
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield handle
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-    finally:
-        handle.close()
-
-
 def restore(settings: Settings, sealer: Sealer, source: Path) -> Snapshot:
     """Put a snapshot in place of the store; the previous store is kept beside it."""
     snapshot = open_snapshot(source.read_bytes(), sealer)
     db_path = settings.data_dir / DB_NAME
-    with serving_lock(settings.data_dir) as lock:
-        if lock is None:
-            raise BackupError(
-                f"a gateway is serving from {settings.data_dir}; stop it before a restore"
-            )
+    try:
+        lock = DataDirLock.claim(settings.data_dir, RESTORE)
+    except DataDirBusy:
+        raise BackupError(
+            f"a gateway is serving from {settings.data_dir}; stop it before a restore"
+        ) from None
+    with lock:
         staged = db_path.with_name(f".{DB_NAME}.restore-{secrets.token_hex(4)}")
         _write_private(staged, snapshot.database)
         try:
@@ -306,8 +279,9 @@ class BackupSchedule:
             self._metrics.backups.labels(outcome).inc()
 
 
-def state_sealer(settings: Settings) -> Sealer:
-    """The sealer of the store's keys (the one that seals tokens)."""
+def state_sealer(settings: Settings, *, create: bool = True) -> Sealer:
+    """The sealer of the store's keys (the one that seals tokens); ``create=False`` never
+    writes a first key."""
     from .keys import open_keys
 
-    return Sealer(open_keys(settings))
+    return Sealer(open_keys(settings, create=create))

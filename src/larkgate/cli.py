@@ -66,17 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
             """\
             Without LARKGATE_ENCRYPTION_KEY: writes a new key file into <data_dir>/keys, makes it
             the primary key and re-seals every record under it. A gateway running on the same
-            data directory picks the new key up by itself. Old key files stay readable until
-            --retire removes the ones no record uses any more. --retire keeps (and names) a key
-            that sealed a backup in the backup directory, which could not be restored without
-            it; --force removes such keys too.
+            data directory picks the new key up by itself. Old key files stay readable, so
+            nothing in flight breaks.
+            Later, rotate-key --retire is the clean-up: it makes no new key, re-seals any record
+            still under an old key with the current one, and removes the key files no record
+            uses any more. It keeps (and names) a key that sealed a backup in the backup
+            directory, which could not be restored without it; --force removes such keys too.
             With LARKGATE_ENCRYPTION_KEY: set it to the new key, list the old one in
             LARKGATE_PREVIOUS_ENCRYPTION_KEYS, restart the gateway, then run this to re-seal."""
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rotate.add_argument(
-        "--retire", action="store_true", help="remove key files that no record uses afterwards"
+        "--retire",
+        action="store_true",
+        help="do not rotate: remove the key files no record uses any more (after a rotation)",
     )
     rotate.add_argument(
         "--force",
@@ -111,22 +115,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     settings.require_for_serving()
-    from .doctor import require_runnable
-
-    require_runnable(settings)
     return _run(settings)
 
 
-def _run(settings: Settings) -> int:
+def _run(settings: Settings, banner: str = "") -> int:
+    """Serve until stopped. Before anything is touched (the store, children a previous run
+    left, the port), take the data directory's lock: a gateway already serving from it stops
+    this one with one line, and nothing changes."""
     import uvicorn
 
     from .app import create_app
+    from .datadir import DataDirLock
+    from .doctor import listen_addresses, require_listenable, require_runnable
     from .httpserver import server_config
 
-    setup_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
-    server = uvicorn.Server(server_config(app, settings))
-    server.run()
+    require_runnable(settings)
+    listen_addresses(settings)  # a host that does not resolve creates not even the directory
+    with DataDirLock.claim(settings.data_dir) as lock:
+        require_listenable(settings)
+        if banner:
+            print(banner, flush=True)
+        setup_logging(settings.log_level, settings.log_format)
+        app = create_app(settings, data_dir_lock=lock)
+        server = uvicorn.Server(server_config(app, settings))
+        server.run()
     return 0 if server.started else 3  # uvicorn's own code for a server that never started
 
 
@@ -148,24 +160,18 @@ def _demo(args: argparse.Namespace) -> int:
             host="127.0.0.1",
             port=args.port,
         )
-        from .doctor import require_runnable
-
-        require_runnable(settings)
         names = ", ".join(u.name for u in emulator_config.users)
-        print(
-            textwrap.dedent(
-                f"""\
-                LarkGate demo
-                  gateway   http://127.0.0.1:{args.port}  (MCP: /mcp or /sse)
-                  emulator  {emulator.url}  (stands in for Feishu; users: {names})
-                  data      {settings.data_dir}
-                Try:  curl http://127.0.0.1:{args.port}/tools
-                Connect an MCP client to http://127.0.0.1:{args.port}/mcp, call a tool, open the
-                login link it answers with, and pick a demo user. Ctrl-C stops everything."""
-            ),
-            flush=True,
+        banner = textwrap.dedent(
+            f"""\
+            LarkGate demo
+              gateway   http://127.0.0.1:{args.port}  (MCP: /mcp or /sse)
+              emulator  {emulator.url}  (stands in for Feishu; users: {names})
+              data      {settings.data_dir}
+            Try:  curl http://127.0.0.1:{args.port}/tools
+            Connect an MCP client to http://127.0.0.1:{args.port}/mcp, call a tool, open the
+            login link it answers with, and pick a demo user. Ctrl-C stops everything."""
         )
-        return _run(settings)
+        return _run(settings, banner)
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .config import ENV_PREFIX, LARK_MCP_VERSION, ConfigError, Settings
 
@@ -54,6 +57,47 @@ def require_runnable(settings: Settings) -> None:
     lark_mcp_version(settings)
 
 
+def listen_addresses(settings: Settings) -> list[tuple[int, int, int, Any]]:
+    """Where serve will listen, resolved; ConfigError naming the host when it does not
+    resolve. Looks only: nothing is bound or created."""
+    try:
+        found = socket.getaddrinfo(
+            settings.host or None, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError(
+            f"setting {ENV_PREFIX}HOST is invalid: cannot resolve {settings.host!r} ({reason})"
+        ) from None
+    return [(family, kind, proto, address) for family, kind, proto, _name, address in found]
+
+
+def require_listenable(settings: Settings) -> None:
+    """The address serve listens on resolves and its port is free: checked before anything
+    starts, so a typo is one line naming the setting, not a failure after the children."""
+    for family, kind, proto, address in listen_addresses(settings):
+        # Bound as the server will bind it, then let go; the server binds again right after.
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise ConfigError(_bind_refused(settings.host, settings.port, exc)) from None
+
+
+def _bind_refused(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"setting {ENV_PREFIX}PORT: {host}:{port} is already in use (another gateway or "
+            "program listens there); stop it or pick another port"
+        )
+    if exc.errno == errno.EACCES:
+        return f"setting {ENV_PREFIX}PORT: port {port} needs privileges; pick one above 1023"
+    return f"setting {ENV_PREFIX}HOST is invalid: cannot listen on {host}:{port} ({exc.strerror})"
+
+
 def run_checks(settings: Settings) -> int:
     problems = 0
 
@@ -79,11 +123,12 @@ def run_checks(settings: Settings) -> int:
         report(*_lark_mcp_runs(settings))
     except ConfigError as exc:
         report(False, "lark-mcp", str(exc))
-    report(*_data_dir_writable(settings.data_dir))
+    data_dir_ok, what, fix = _data_dir_writable(settings.data_dir)
+    report(data_dir_ok, what, fix)
     key_set = bool(settings.encryption_key.get_secret_value())
     key_file = settings.keys_dir / "primary"
     report(
-        key_set or key_file.exists() or os.access(settings.data_dir, os.W_OK),
+        key_set or key_file.exists() or data_dir_ok,
         "encryption key: "
         + ("from the setting" if key_set else f"key files in {settings.keys_dir} (made at start)"),
         f"set {ENV_PREFIX}ENCRYPTION_KEY or make {settings.data_dir} writable",
@@ -122,8 +167,14 @@ def _lark_mcp_runs(settings: Settings) -> tuple[bool, str, str]:
 
 
 def _data_dir_writable(path: Path) -> tuple[bool, str, str]:
+    """Whether serve can write the data directory, or create it; the check creates nothing
+    that stays."""
+    if not path.exists():
+        parent = next(p for p in path.absolute().parents if p.exists())
+        if os.access(parent, os.W_OK | os.X_OK):
+            return True, f"data directory {path} (`larkgate serve` creates it)", ""
+        return False, f"data directory {path}", f"create it, or make {parent} writable"
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
         with tempfile.NamedTemporaryFile(dir=path):
             pass
     except OSError as exc:

@@ -36,6 +36,7 @@ LOGIN_STATE_INVALID = "login_state_invalid"
 LOGIN_CANCELLED = "login_cancelled"
 LOGIN_FAILED = "login_failed"
 LOGIN_SCOPE_INVALID = "login_scope_invalid"
+SESSION_OTHER_USER = "session_other_user"
 REDIRECT_URI_MISMATCH = "redirect_uri_mismatch"
 
 # LarkGate's own credentials (OAuth access tokens, personal access keys) and the pages around them

@@ -6,9 +6,10 @@ creates both. A rotation writes a new key file, then points ``primary`` at it (e
 atomic rename), then re-seals every record. A running gateway follows without a restart:
 before each seal it looks whether ``primary`` changed, and a record naming a key id it has not
 seen makes it read the directory again. Old key files stay, so nothing in flight breaks, until
-``rotate-key --retire`` removes the ones no record uses. It keeps a key that sealed a backup
-in the backup directory (that backup could never be restored without it) unless ``--force``
-says to remove it anyway; backups kept elsewhere it cannot see.
+the later clean-up, ``rotate-key --retire``, removes the ones no record uses. That step makes
+no new key (a record still under an old key is first re-sealed under the current one). It
+keeps a key that sealed a backup in the backup directory (that backup could never be restored
+without it) unless ``--force`` says to remove it anyway; backups kept elsewhere it cannot see.
 
 With ``LARKGATE_ENCRYPTION_KEY`` set, that key seals; key files and
 ``LARKGATE_PREVIOUS_ENCRYPTION_KEYS`` only open. Rotating then means: set the new key and list
@@ -155,16 +156,19 @@ class KeyDirectory:
         return KeySet(primary, keys)
 
 
-def open_keys(settings: Settings) -> KeyDirectory:
-    """The gateway's keys; the first start without a key setting creates the first key file."""
+def open_keys(settings: Settings, *, create: bool = True) -> KeyDirectory:
+    """The gateway's keys; the first start without a key setting creates the first key file.
+
+    ``create=False`` (the admin commands) never writes one: no key file is an error."""
     path = settings.keys_dir
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if create:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
     fixed = _setting_key(settings.encryption_key.get_secret_value(), "ENCRYPTION_KEY")
     extra = [
         _setting_key(k.get_secret_value(), "PREVIOUS_ENCRYPTION_KEYS")
         for k in settings.previous_encryption_keys
     ]
-    if fixed is None and not (path / PRIMARY_FILE).exists():
+    if create and fixed is None and not (path / PRIMARY_FILE).exists():
         _create_first_key(path, settings.data_dir / LEGACY_KEY_FILE)
     try:
         return KeyDirectory(path, fixed, [k for k in extra if k is not None])
@@ -198,13 +202,15 @@ def _create_first_key(path: Path, legacy: Path) -> None:
         log.info("created key %s in %s", kid, path)
 
 
-def open_store(settings: Settings) -> Store:
-    """The store, refusing at start a key that does not open what is already sealed there."""
-    return _open_checked(settings)[0]
+def open_store(settings: Settings, *, create: bool = True) -> Store:
+    """The store, refusing at start a key that does not open what is already sealed there.
+
+    ``create=False``: open a store and keys a gateway made, never a new key."""
+    return _open_checked(settings, create)[0]
 
 
-def _open_checked(settings: Settings) -> tuple[Store, KeyDirectory]:
-    keys = open_keys(settings)
+def _open_checked(settings: Settings, create: bool = True) -> tuple[Store, KeyDirectory]:
+    keys = open_keys(settings, create=create)
     store = Store(settings.store_path, Sealer(keys))
     problem = store.key_problem()
     if problem is not None:
@@ -241,13 +247,15 @@ class Rotation:
 def rotate_key(settings: Settings, *, retire: bool = False, force: bool = False) -> Rotation:
     """Make a new primary key (unless the setting names it) and re-seal every record under it.
 
-    With ``retire``, remove the key files no record uses afterwards, except those that sealed a
-    backup in the backup directory; ``force`` removes those too. Safe while a gateway runs on
-    the same data directory: see the module docstring.
+    With ``retire``, the later clean-up instead: no new key; records an earlier rotation left
+    under old keys are re-sealed under the current primary, then the key files no record uses
+    are removed, except those that sealed a backup in the backup directory; ``force`` removes
+    those too. Safe while a gateway runs on the same data directory: see the module docstring.
     """
     store, keys = _open_checked(settings)
     try:
-        primary = keys.current().primary if keys.fixed else keys.add_primary(new_key())
+        rotating = not (retire or keys.fixed)
+        primary = keys.add_primary(new_key()) if rotating else keys.current().primary
         resealed = 0
         for _ in range(RESEAL_PASSES):
             resealed += store.reseal()
@@ -298,7 +306,10 @@ def rotate_key_command(settings: Settings, *, retire: bool, force: bool = False)
     """``larkgate rotate-key``: prints what it did; exit 1 if old keys are still in use, or if
     ``--retire`` kept a key because backups need it."""
     rotation = rotate_key(settings, retire=retire, force=force)
-    print(f"primary key: {rotation.primary}")
+    print(
+        f"primary key: {rotation.primary}"
+        + (" (unchanged: --retire makes no new key)" if retire else "")
+    )
     print(f"records re-sealed: {rotation.resealed}")
     if rotation.retired:
         print(f"key files removed: {', '.join(rotation.retired)}")

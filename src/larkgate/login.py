@@ -6,11 +6,14 @@ login through ``begin`` and gets the result back through a ``LoginFollowUp``. Bo
 store (as a digest and sealed), so a login survives a gateway restart and a replayed or forged
 callback changes nothing.
 
-Whoever finishes a login link's login binds their Feishu identity to that link's MCP session,
-so a link sent to someone else ("please log in here") would let the sender act as them. The
-link therefore opens a page that names the client, the transport and when the session was
-opened, and warns; only its button (a POST with a single-use token bound to the session, the
-browser's cookie and the gateway's origin) goes on to Feishu.
+A login link names its session by a login handle (``larkgate.loginlinks``), never by the
+session id, which would let anyone who sees the link act in the session. Whoever finishes a
+login link's login binds their Feishu identity to that link's MCP session, so a link sent to
+someone else ("please log in here") would let the sender act as them. The link therefore opens
+a page that names the client, the transport and when the session was opened, and warns; only
+its button (a POST with a single-use token bound to the session, the browser's cookie and the
+gateway's origin) goes on to Feishu. Once a session is bound to a user, only that same user can
+log in on it again: a used link opened by someone else cannot take the session over.
 limitation: a person talked into pressing the button is still fooled; OAuth, where the client
 that started the login gets the token, is the robust choice for public deployments.
 """
@@ -39,6 +42,7 @@ from .feishu.oauth import (
     parse_scopes,
     pkce_pair,
 )
+from .loginlinks import HANDLE_PARAM
 from .pages import (
     BROWSER_COOKIE,
     FormError,
@@ -49,13 +53,15 @@ from .pages import (
     same_origin,
     set_cookie,
 )
-from .store import SessionRecord, Store, digest
+from .store import SessionLogin, SessionRecord, Store, digest
 from .transports.sessions import SessionTable
 from .userkey import user_key
 
 log = logging.getLogger(__name__)
 
 TRANSPORT_NAMES = {"streamable": "Streamable HTTP (/mcp)", "sse": "HTTP+SSE (/sse)"}
+# What links of earlier versions carried; it is never looked up, only recognised.
+OUTDATED_PARAM = "sessionId"
 
 
 class LoginFollowUp(Protocol):
@@ -102,11 +108,11 @@ class LoginRoutes:
 
         Nothing is logged in and Feishu is not asked until the button is pressed (``confirm``).
         """
-        session_id = request.query_params.get("sessionId", "")
-        record = self._store.get_session(session_id) if session_id else None
+        handle = request.query_params.get(HANDLE_PARAM, "")
+        record = self._store.session_by_login(handle) if handle else None
         if record is None:
             self.outcomes["refused"] += 1
-            return _unknown_session()
+            return _unknown_session(outdated=not handle and OUTDATED_PARAM in request.query_params)
         try:
             # A tool that met Feishu's 99991679 sends a link asking for the scopes it named.
             extra_scopes = parse_scopes(request.query_params.get("scope", ""))
@@ -127,18 +133,18 @@ class LoginRoutes:
         ttl = self._settings.login_state_ttl
         self._store.put_login_confirmation(
             token,
-            session_id,
+            record.digest,
             browser_id=browser_id,
             scopes=tuple(extra_scopes),
             expires_at=now + ttl,
             now=now,
         )
-        response = self._confirmation_page(record, session_id, token, extra_scopes)
+        response = self._confirmation_page(record, handle, token, extra_scopes)
         set_cookie(response, self._settings, BROWSER_COOKIE, browser_id, ttl)
         return response
 
     def _confirmation_page(
-        self, record: SessionRecord, session_id: str, token: str, extra_scopes: Sequence[str]
+        self, record: SessionRecord, handle: str, token: str, extra_scopes: Sequence[str]
     ) -> Response:
         public = html.escape(self._settings.public_url)
         transport = html.escape(TRANSPORT_NAMES.get(record.transport, record.transport))
@@ -148,15 +154,23 @@ class LoginRoutes:
             if extra_scopes
             else ""
         )
+        # The page does not say who: anyone holding the link may open it.
+        bound = (
+            "<p>This session is already logged in to Feishu. Only the same Feishu user can log "
+            "in on it again (as when Feishu asks for a new login); a login as anyone else is "
+            "refused and changes nothing.</p>"
+            if record.user_id is not None
+            else ""
+        )
         body = f"""<p>An AI client is asking to use Feishu <strong>as you</strong> through
 LarkGate at <code>{public}</code>:</p>
 <ul><li>Client: {_client_named(record)}</li>
 <li>Connected over {transport}; {_opened(record.created_at)}</li>{asked}</ul>
 <p><strong>Continue only if you yourself just asked your AI client to connect.</strong>
 If someone sent you this link, close this page: whoever started this session would act as you
-in Feishu.</p>
+in Feishu.</p>{bound}
 <form method="post" action="{public}/oauth/start">
-<input type="hidden" name="sessionId" value="{html.escape(session_id)}">
+<input type="hidden" name="{HANDLE_PARAM}" value="{html.escape(handle)}">
 <input type="hidden" name="confirm" value="{token}">
 <button type="submit">Continue to the Feishu login</button>
 </form>"""
@@ -179,7 +193,7 @@ in Feishu.</p>
                 "Another site tried to continue a login for you. Nothing was changed.",
                 errors.BAD_ORIGIN,
             )
-        session_id, token = form.get("sessionId", ""), form.get("confirm", "")
+        handle, token = form.get(HANDLE_PARAM, ""), form.get("confirm", "")
         pending = self._store.get_login_confirmation(token) if token else None
         if pending is None or pending.expires_at <= self._clock.now():
             return self._refused(
@@ -189,7 +203,8 @@ in Feishu.</p>
                 "was changed. Open the login link your MCP client shows again.",
                 errors.FORM_EXPIRED,
             )
-        if not hmac.compare_digest(pending.session_digest, digest(session_id)):
+        record = self._store.session_by_login(handle) if handle else None
+        if record is not None and not hmac.compare_digest(pending.session_digest, record.digest):
             log.warning("a login-link confirmation named another session; refused")
             return self._refused(
                 403,
@@ -209,7 +224,6 @@ in Feishu.</p>
                 errors.OTHER_BROWSER,
             )
 
-        record = self._store.get_session(session_id)
         if record is None:
             self.outcomes["refused"] += 1
             return _unknown_session()
@@ -221,7 +235,7 @@ in Feishu.</p>
                 errors.FORM_EXPIRED,
             )
         log.info("login link of a %s session confirmed in its browser", record.transport)
-        return self.begin(session_id, pending.scopes)
+        return self._to_feishu(record.digest, pending.scopes)
 
     def _browser_cookie(self) -> str:
         return cookie_name(self._settings, BROWSER_COOKIE)
@@ -230,13 +244,16 @@ in Feishu.</p>
         self.outcomes["refused"] += 1
         return framed_page(title, f"<p>{html.escape(message)}</p>", status=status, code=code)
 
-    def begin(self, subject_id: str, extra_scopes: Sequence[str] = ()) -> Response:
-        """Send the browser to Feishu; the result goes to ``subject_id`` (a session or a flow)."""
+    def begin(self, subject_id: str) -> Response:
+        """Send the browser to Feishu; the result goes to the flow named ``subject_id``."""
+        return self._to_feishu(digest(subject_id))
+
+    def _to_feishu(self, subject_digest: str, extra_scopes: Sequence[str] = ()) -> Response:
         state = secrets.token_urlsafe(32)
         verifier, challenge = pkce_pair()
         now = self._clock.now()
         expires_at = now + self._settings.login_state_ttl
-        self._store.put_login_state(state, subject_id, verifier, expires_at, now=now)
+        self._store.put_login_state(state, subject_digest, verifier, expires_at, now=now)
         return RedirectResponse(
             self._oauth.authorize_url(state, challenge, extra_scopes),
             status_code=302,
@@ -292,19 +309,28 @@ in Feishu.</p>
             return self._failure_page(exc)
 
         tokens = grant.as_tokens(authorized_at=grant.obtained_at)
-        self._store.upsert_user(
+        # One transaction: the session's owner is checked where the login is stored.
+        login = self._store.log_in(
+            session_digest,
             user.open_id,
             union_id=user.union_id,
             tenant_key=user.tenant_key,
             name=user.name,
             tokens=tokens,
         )
+        if login is SessionLogin.OTHER_USER:
+            self.outcomes["refused"] += 1
+            log.warning(
+                "user %s logged in through the link of another user's session; refused",
+                user_key(user.open_id),
+            )
+            return _session_of_another_user()
         resumed = await self._resume(session_digest, user, request)
         if resumed is not None:
             self.outcomes["ok"] += 1
             return resumed
-        bound = self._store.bind_session(session_digest, user.open_id)
-        live = self._sessions.by_digest(session_digest)
+        bound = login is SessionLogin.BOUND
+        live = self._sessions.by_digest(session_digest) if bound else None
         if live is not None:
             live.user_id = user.open_id
         self.outcomes["ok"] += 1
@@ -373,13 +399,28 @@ in Feishu.</p>
         )
 
 
-def _unknown_session() -> Response:
+def _unknown_session(*, outdated: bool = False) -> Response:
+    why = (
+        "It has a form this gateway no longer accepts (it carried the session's own id). Call "
+        "the tool again: your MCP client then shows a new link."
+        if outdated
+        else "The MCP session it belongs to has ended or never existed. Reconnect your MCP "
+        "client and use the new link it shows."
+    )
     return page(
-        "This login link is not valid",
-        "<p>The MCP session it belongs to has ended or never existed. Reconnect your "
-        "MCP client and use the new link it shows.</p>",
-        status=404,
-        code=errors.UNKNOWN_SESSION,
+        "This login link is not valid", f"<p>{why}</p>", status=404, code=errors.UNKNOWN_SESSION
+    )
+
+
+def _session_of_another_user() -> Response:
+    return page(
+        "This session belongs to someone else",
+        "<p>The MCP session this login link belongs to is already logged in to Feishu as "
+        "another person, so your login was not used and nothing was changed. To use Feishu "
+        "through LarkGate yourself, connect your own MCP client and open the link it shows."
+        "</p>",
+        status=409,
+        code=errors.SESSION_OTHER_USER,
     )
 
 

@@ -6,8 +6,9 @@ router set, so no call site has to pass them. Lines are JSON when stderr is not 
 (log collectors, PM2, journald) and plain text when a person watches.
 
 Redaction is the last line of defence, applied to every formatted line including tracebacks:
-bearer and Feishu tokens, OAuth codes and states, session ids, secrets in query strings and
-JSON, long opaque strings, and raw Feishu user ids (replaced by the user's stable hash).
+bearer and Feishu tokens, OAuth codes and states, session ids and login-link handles, secrets in
+query strings and JSON, long opaque strings, and raw Feishu user ids (replaced by the user's
+stable hash).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ _SECRET_NAMES = "|".join(  # names of secrets, not one
         "state",
         "sessionId",
         "session_id",
+        "login",  # a login link's handle
         "access_token",
         "refresh_token",
         "client_secret",

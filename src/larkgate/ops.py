@@ -7,8 +7,6 @@ two small hooks (the router's message and child-hop observations).
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -20,14 +18,12 @@ from starlette.routing import Route
 from .admin.auth import AdminAuth, admin_token
 from .admin.routes import AdminSite
 from .alerts import AlertManager
-from .backup import BackupSchedule, serving_lock, state_sealer
+from .backup import BackupSchedule, state_sealer
 from .metrics import CONTENT_TYPE, Metrics, ObservedRequests, StateCollector
 from .monitor import Monitor, Sampler
 
 if TYPE_CHECKING:
     from .app import Gateway
-
-log = logging.getLogger(__name__)
 
 
 class Operations:
@@ -41,8 +37,6 @@ class Operations:
         self.backups = BackupSchedule(settings, state_sealer(settings), self.metrics)
         self.metrics.registry.register(StateCollector(gateway, self.sampler))
         self.admin = AdminSite(gateway, self, AdminAuth(admin_token(settings, create=True)))
-        self._gateway = gateway
-        self._lock = contextlib.ExitStack()
         gateway.router.metrics = self.metrics
 
     def routes(self) -> list[Route]:
@@ -55,13 +49,6 @@ class Operations:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     async def start(self) -> None:
-        held = self._lock.enter_context(serving_lock(self._gateway.settings.data_dir))
-        if held is None:
-            log.warning(
-                "another gateway serves from %s; `larkgate restore` and two gateways on one "
-                "data directory do not mix",
-                self._gateway.settings.data_dir,
-            )
         self.monitor.start()
         self.backups.start()
 
@@ -69,4 +56,3 @@ class Operations:
         await self.monitor.stop()
         await self.backups.stop()
         await self.alerts.drain()
-        self._lock.close()

@@ -1,9 +1,9 @@
 """The embedded store: users, sealed tokens, MCP sessions, logins under way, child processes.
 
 SQLite in WAL mode with ``synchronous=FULL``: every write is one transaction, so a crash
-leaves either the old or the new record. Session ids and login states are bearer secrets and
-are kept only as SHA-256 digests. Calls are short and synchronous; the gateway makes a few per
-request, far below what the hop to a child costs.
+leaves either the old or the new record. Session ids, login-link handles and login states are
+bearer secrets and are kept only as SHA-256 digests. Calls are short and synchronous; the
+gateway makes a few per request, far below what the hop to a child costs.
 
 This class is the seam where a shared database replaces SQLite when LarkGate runs on several
 machines: callers see only the methods below.
@@ -18,6 +18,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     created_at REAL NOT NULL,
     last_seen_at REAL NOT NULL,
     client_name TEXT,
-    client_version TEXT
+    client_version TEXT,
+    login_digest TEXT
 );
 CREATE TABLE IF NOT EXISTS login_states (
     digest TEXT PRIMARY KEY,
@@ -76,7 +78,10 @@ _ADDED_COLUMNS = (
     ("users", "refresh_expires_at", "REAL"),
     ("sessions", "client_name", "TEXT"),
     ("sessions", "client_version", "TEXT"),
+    ("sessions", "login_digest", "TEXT"),
 )
+# Indexes on added columns, made once the columns exist.
+_ADDED_INDEXES = ("CREATE UNIQUE INDEX IF NOT EXISTS sessions_by_login ON sessions(login_digest)",)
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,10 @@ class UserRecord:
 
 @dataclass(frozen=True)
 class SessionRecord:
-    """A session as stored; the client's name and version are what it said in ``initialize``."""
+    """A session as stored; the client's name and version are what it said in ``initialize``.
+
+    ``login_digest`` is the digest of its login link's handle, once a link was shown.
+    """
 
     digest: str
     transport: str
@@ -164,6 +172,15 @@ class SessionRecord:
     last_seen_at: float
     client_name: str | None = None
     client_version: str | None = None
+    login_digest: str | None = None
+
+
+class SessionLogin(Enum):
+    """What a finished login did to the session it was for."""
+
+    BOUND = "bound"  # the session now acts as the user (it was unbound, or already theirs)
+    NO_SESSION = "no_session"  # the session ended meanwhile, or the login was not for one
+    OTHER_USER = "other_user"  # another user's session: refused, nothing was stored
 
 
 @dataclass(frozen=True)
@@ -191,6 +208,8 @@ class Store:
                 present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                 if column not in present:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            for index in _ADDED_INDEXES:
+                db.execute(index)
 
     def close(self) -> None:
         self._database.close()
@@ -269,20 +288,58 @@ class Store:
     def upsert_user(
         self, user_id: str, *, union_id: str, tenant_key: str, name: str, tokens: Tokens
     ) -> None:
-        now = time.time()
         sealed = self._sealer.seal(tokens.to_json(), user_id)
         with self._database.tx() as db:
-            db.execute(
-                """INSERT INTO users (user_id, union_id, tenant_key, name, tokens, token_version,
-                       refresh_expires_at, needs_login, created_at, last_seen_at)
-                   VALUES (?, ?, ?, ?, ?, 1, ?, NULL, ?, ?)
-                   ON CONFLICT(user_id) DO UPDATE SET union_id=excluded.union_id,
-                       tenant_key=excluded.tenant_key, name=excluded.name, tokens=excluded.tokens,
-                       token_version=users.token_version + 1,
-                       refresh_expires_at=excluded.refresh_expires_at, needs_login=NULL,
-                       last_seen_at=excluded.last_seen_at""",
-                (user_id, union_id, tenant_key, name, sealed, _renewal_deadline(tokens), now, now),
+            _write_user(
+                db,
+                user_id,
+                union_id=union_id,
+                tenant_key=tenant_key,
+                name=name,
+                sealed=sealed,
+                tokens=tokens,
             )
+
+    def log_in(
+        self,
+        subject_digest: str,
+        user_id: str,
+        *,
+        union_id: str,
+        tenant_key: str,
+        name: str,
+        tokens: Tokens,
+    ) -> SessionLogin:
+        """Store a finished login and bind the session it was for, in one transaction.
+
+        A session already bound to another user stays theirs and nothing is written
+        (``OTHER_USER``): a used login link must not hand a live session to someone else.
+        The same user may log in on it again, as they must when Feishu refused their login.
+        """
+        sealed = self._sealer.seal(tokens.to_json(), user_id)
+        with self._database.tx() as db:
+            row = db.execute(
+                "SELECT user_id FROM sessions WHERE digest = ?", (subject_digest,)
+            ).fetchone()
+            if row is not None and row[0] is not None and row[0] != user_id:
+                return SessionLogin.OTHER_USER
+            _write_user(
+                db,
+                user_id,
+                union_id=union_id,
+                tenant_key=tenant_key,
+                name=name,
+                sealed=sealed,
+                tokens=tokens,
+            )
+            if row is None:
+                return SessionLogin.NO_SESSION
+            db.execute(
+                "UPDATE sessions SET user_id = ?, last_seen_at = MAX(last_seen_at, ?) "
+                "WHERE digest = ?",
+                (user_id, time.time(), subject_digest),
+            )
+            return SessionLogin.BOUND
 
     def token_record(self, user_id: str) -> TokenRecord | None:
         """The user's login as stored; raises SealError if the sealed record does not open."""
@@ -358,12 +415,6 @@ class Store:
             )
             db.execute("UPDATE sessions SET user_id = NULL WHERE user_id = ?", (user_id,))
 
-    def touch_user(self, user_id: str) -> None:
-        with self._database.tx() as db:
-            db.execute(
-                "UPDATE users SET last_seen_at = ? WHERE user_id = ?", (time.time(), user_id)
-            )
-
     def get_user(self, user_id: str) -> UserRecord | None:
         return self._database.memo(("user", user_id), lambda: self._get_user(user_id))
 
@@ -417,19 +468,45 @@ class Store:
         )
         return _session(rows[0]) if rows else None
 
+    def note_login_handle(self, session_id: str, handle: str) -> None:
+        """Remember the handle of a session's login link (as a digest), once it is shown."""
+        handle_digest = digest(handle)
+        record = self.get_session(session_id)
+        if record is None or record.login_digest == handle_digest:
+            return
+        with self._database.tx() as db:
+            db.execute(
+                "UPDATE sessions SET login_digest = ? WHERE digest = ?",
+                (handle_digest, digest(session_id)),
+            )
+
+    def session_by_login(self, handle: str) -> SessionRecord | None:
+        """The session whose login link carries ``handle``."""
+        rows = self._database.query(
+            "SELECT * FROM sessions WHERE login_digest = ?", (digest(handle),)
+        )
+        return _session(rows[0]) if rows else None
+
     def bind_session(self, session_digest: str, user_id: str) -> bool:
+        """Bind an unbound session to a user; False when it is gone or another user's."""
         with self._database.tx() as db:
             cur = db.execute(
-                "UPDATE sessions SET user_id = ?, last_seen_at = ? WHERE digest = ?",
-                (user_id, time.time(), session_digest),
+                "UPDATE sessions SET user_id = ?, last_seen_at = MAX(last_seen_at, ?) "
+                "WHERE digest = ? AND (user_id IS NULL OR user_id = ?)",
+                (user_id, time.time(), session_digest, user_id),
             )
             return cur.rowcount == 1
 
-    def touch_session(self, session_id: str) -> None:
+    def record_last_use(self, sessions: dict[str, float], users: dict[str, float]) -> None:
+        """Store when sessions (by id) and users were last used; a time never moves back."""
         with self._database.tx() as db:
-            db.execute(
-                "UPDATE sessions SET last_seen_at = ? WHERE digest = ?",
-                (time.time(), digest(session_id)),
+            db.executemany(
+                "UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?) WHERE digest = ?",
+                [(when, digest(session_id)) for session_id, when in sessions.items()],
+            )
+            db.executemany(
+                "UPDATE users SET last_seen_at = MAX(last_seen_at, ?) WHERE user_id = ?",
+                [(when, user_id) for user_id, when in users.items()],
             )
 
     def end_session(self, session_id: str) -> bool:
@@ -454,11 +531,12 @@ class Store:
     def put_login_state(
         self,
         state: str,
-        session_id: str,
+        subject_digest: str,
         verifier: str,
         expires_at: float,
         now: float | None = None,
     ) -> None:
+        """A login under way for a subject (a session or another flow), known by its digest."""
         state_digest = digest(state)
         sealed = self._sealer.seal(verifier.encode(), state_digest)
         with self._database.tx() as db:
@@ -468,7 +546,7 @@ class Store:
             )
             db.execute(
                 "INSERT INTO login_states VALUES (?, ?, ?, ?)",
-                (state_digest, digest(session_id), sealed, expires_at),
+                (state_digest, subject_digest, sealed, expires_at),
             )
 
     def take_login_state(self, state: str, now: float | None = None) -> tuple[str, str] | None:
@@ -495,7 +573,7 @@ class Store:
     def put_login_confirmation(
         self,
         token: str,
-        session_id: str,
+        session_digest: str,
         *,
         browser_id: str,
         scopes: tuple[str, ...],
@@ -509,7 +587,7 @@ class Store:
                 "INSERT INTO login_confirmations VALUES (?, ?, ?, ?, ?)",
                 (
                     digest(token),
-                    digest(session_id),
+                    session_digest,
                     digest(browser_id),
                     " ".join(scopes),
                     expires_at,
@@ -568,6 +646,31 @@ def _make_private(path: Path) -> None:
             file.chmod(0o600)
 
 
+def _write_user(
+    db: sqlite3.Connection,
+    user_id: str,
+    *,
+    union_id: str,
+    tenant_key: str,
+    name: str,
+    sealed: bytes,
+    tokens: Tokens,
+) -> None:
+    """A user's login as Feishu just gave it: profile, sealed tokens, logged in now."""
+    now = time.time()
+    db.execute(
+        """INSERT INTO users (user_id, union_id, tenant_key, name, tokens, token_version,
+               refresh_expires_at, needs_login, created_at, last_seen_at)
+           VALUES (?, ?, ?, ?, ?, 1, ?, NULL, ?, ?)
+           ON CONFLICT(user_id) DO UPDATE SET union_id=excluded.union_id,
+               tenant_key=excluded.tenant_key, name=excluded.name, tokens=excluded.tokens,
+               token_version=users.token_version + 1,
+               refresh_expires_at=excluded.refresh_expires_at, needs_login=NULL,
+               last_seen_at=excluded.last_seen_at""",
+        (user_id, union_id, tenant_key, name, sealed, _renewal_deadline(tokens), now, now),
+    )
+
+
 def _renewal_deadline(tokens: Tokens) -> float:
     """When the background renewal must act by; 0 means never (there is no refresh token)."""
     return tokens.refresh_expires_at if tokens.refreshable else 0.0
@@ -596,4 +699,5 @@ def _session(row: sqlite3.Row) -> SessionRecord:
         last_seen_at=float(row["last_seen_at"]),
         client_name=row["client_name"],
         client_version=row["client_version"],
+        login_digest=row["login_digest"],
     )

@@ -23,7 +23,7 @@ from oauth_person import (
 )
 
 from larkgate.emulator import RunningEmulator
-from support import GatewayServer, press_login_button, tool_text
+from support import GatewayServer, login_link_of, press_login_button, tool_text
 
 
 def _login_by_link(person: httpx.Client, gateway: GatewayServer, user: str) -> httpx.Response:
@@ -32,7 +32,7 @@ def _login_by_link(person: httpx.Client, gateway: GatewayServer, user: str) -> h
         lines = stream.iter_lines()
         next(lines)
         session_id = next(lines).split("sessionId=")[1]
-        start = press_login_button(person, f"{gateway.url}/oauth/start?sessionId={session_id}")
+        start = press_login_button(person, login_link_of(gateway, session_id))
         assert start.status_code == 302
         feishu = person.get(f"{start.headers['location']}&emulator_user={user}")
         return person.get(feishu.headers["location"])

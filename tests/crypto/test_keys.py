@@ -13,7 +13,7 @@ import pytest
 
 from larkgate.backup import BackupError, open_snapshot, state_sealer, write_backup
 from larkgate.config import ConfigError, Settings, load_settings
-from larkgate.crypto import Sealer, encode_key, key_id, new_key
+from larkgate.crypto import Sealer, decode_key, encode_key, key_id, new_key
 from larkgate.keys import LEGACY_KEY_FILE, open_keys, open_store, rotate_key
 from larkgate.store import Store, Tokens
 
@@ -133,8 +133,8 @@ def test_rotation_reseals_everything_and_a_running_gateway_follows(tmp_path: Pat
 
     again = rotate_key(settings, retire=True)
 
-    assert sorted(again.retired) == sorted([old_kid, rotation.primary])
-    assert [p.stem for p in settings.keys_dir.glob("*.key")] == [again.primary]
+    assert again.primary == rotation.primary and again.retired == [old_kid]
+    assert [p.stem for p in settings.keys_dir.glob("*.key")] == [rotation.primary]
     restarted = open_store(settings)
     assert restarted.load_tokens("ou_carol")[0] == TOKENS
     restarted.close()
@@ -182,6 +182,36 @@ def test_rotate_key_command_line(tmp_path: Path) -> None:
     store.close()
 
 
+def test_retire_makes_no_new_key_reseals_stragglers_and_removes_only_unused_keys(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path)
+    store = open_store(settings)
+    seed(store, "ou_alice")
+    old_kid = store.kids_in_use().pop()
+    store.close()
+    old_key = decode_key((settings.keys_dir / f"{old_kid}.key").read_text())
+    rotation = rotate_key(settings)
+    # A gateway that had not yet seen the new pointer writes one record under the old key.
+    behind = Store(settings.store_path, Sealer.from_keys(old_key))
+    behind.upsert_user("ou_bob", union_id="", tenant_key="", name="ou_bob", tokens=TOKENS)
+    behind.close()
+
+    retired = rotate_key(settings, retire=True)
+
+    # The clean-up step after a rotation: the primary stays, the straggler moves under it,
+    # and only then is the old key removed.
+    assert retired.primary == rotation.primary
+    assert (settings.keys_dir / "primary").read_text().strip() == rotation.primary
+    assert retired.resealed >= 1 and retired.still_old == set()
+    assert retired.retired == [old_kid]
+    assert [p.stem for p in settings.keys_dir.glob("*.key")] == [rotation.primary]
+    store = open_store(settings)
+    assert store.load_tokens("ou_bob")[0] == TOKENS
+    assert store.kids_in_use() == {rotation.primary}
+    store.close()
+
+
 def test_a_bad_edit_of_the_key_directory_does_not_break_a_running_gateway(
     tmp_path: Path,
 ) -> None:
@@ -212,13 +242,15 @@ def _backed_up(tmp_path: Path) -> tuple[Settings, Path, str]:
 def test_retire_keeps_a_key_that_a_backup_needs_and_names_the_backup(tmp_path: Path) -> None:
     settings, backup, old_kid = _backed_up(tmp_path)
     first = rotate_key(settings)
+    second = rotate_key(settings)
 
-    second = rotate_key(settings, retire=True)
+    retired = rotate_key(settings, retire=True)
 
     # The key between the two rotations sealed no backup: it goes; the backup's key stays.
-    assert second.retired == [first.primary]
-    assert second.kept_for_backups == {old_kid: [backup]}
-    assert second.unrestorable == {}
+    assert retired.primary == second.primary
+    assert retired.retired == [first.primary]
+    assert retired.kept_for_backups == {old_kid: [backup]}
+    assert retired.unrestorable == {}
     assert sorted(p.stem for p in settings.keys_dir.glob("*.key")) == sorted(
         [old_kid, second.primary]
     )
@@ -230,6 +262,7 @@ def test_retire_with_force_removes_the_key_and_names_the_backups_it_loses(
     tmp_path: Path,
 ) -> None:
     settings, backup, old_kid = _backed_up(tmp_path)
+    rotate_key(settings)
 
     rotation = rotate_key(settings, retire=True, force=True)
 
@@ -248,6 +281,7 @@ def test_a_backup_whose_key_cannot_be_read_keeps_every_key(tmp_path: Path) -> No
     store.close()
     unreadable = settings.backup_path / "larkgate-20261204-120000-ab12.lgbackup"
     unreadable.mkdir(parents=True)  # reading it fails, as a file without permission would
+    rotate_key(settings)
 
     rotation = rotate_key(settings, retire=True)
 
@@ -273,8 +307,15 @@ def test_rotate_key_retire_command_refuses_to_drop_a_backups_key_without_force(
             timeout=60,
         )
 
+    rotated = rotate()
+    assert rotated.returncode == 0, rotated.stderr
+    primary = (settings.keys_dir / "primary").read_text().strip()
+    assert primary != old_kid
+
     kept = rotate("--retire")
     assert kept.returncode == 1, kept.stderr
+    assert f"primary key: {primary} (unchanged" in kept.stdout
+    assert (settings.keys_dir / "primary").read_text().strip() == primary
     assert f"key {old_kid} kept" in kept.stdout and backup.name in kept.stdout
     assert "--force" in kept.stdout
     assert (settings.keys_dir / f"{old_kid}.key").exists()

@@ -222,3 +222,17 @@ def test_default_tool_paths_answer_for_the_caller(
 def test_catch_all_still_demands_a_token(http: httpx.Client) -> None:
     response = http.post("/open-apis/task/v2/tasks", json={})
     assert response.json()["code"] == 99991661
+
+
+def test_a_stored_document_is_served_whole_and_forgotten_on_reset(
+    control: EmulatorControl, http: httpx.Client, emulator: RunningEmulator
+) -> None:
+    headers = _bearer(control.login("alice")["access_token"])
+    text = "第一段 飞书 🚀\n" * 10_000
+    emulator.state.put_document("doxcnStored", text)
+
+    stored = http.get("/open-apis/docx/v1/documents/doxcnStored/raw_content", headers=headers)
+    emulator.state.reset()
+
+    assert stored.json()["data"]["content"] == text
+    assert emulator.state.document("doxcnStored") is None

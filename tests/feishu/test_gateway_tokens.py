@@ -41,7 +41,7 @@ CHATS = "/open-apis/im/v1/chats"
 ACCESS_TTL = 7200
 DAY = 86400
 PEOPLE = ("alice", "bob", "carol", "dave")
-LINK_WITH_SCOPE = re.compile(r"https?://\S+/oauth/start\?sessionId=[\w-]+&scope=[\w%+.:-]+")
+LINK_WITH_SCOPE = re.compile(r"https?://\S+/oauth/start\?login=[\w-]+&scope=[\w%+.:-]+")
 
 
 class LogRecorder(logging.Handler):

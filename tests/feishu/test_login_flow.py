@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from tokenbench import Bench
 
+from larkgate.loginlinks import secret_path
 from larkgate.store import digest
 
 pytestmark = pytest.mark.anyio
@@ -52,7 +54,9 @@ async def test_a_redirect_uri_mismatch_names_the_setting_to_fix(
     assert "redirect_uri_mismatch" in page.text
 
 
-async def test_two_logins_of_one_session_a_second_apart_each_complete_once(bench: Bench) -> None:
+async def test_two_logins_of_one_session_each_complete_once_and_the_first_user_keeps_it(
+    bench: Bench,
+) -> None:
     session = bench.new_session("s1")
     first = await bench.start_login(session)
     bench.advance(1)
@@ -72,9 +76,12 @@ async def test_two_logins_of_one_session_a_second_apart_each_complete_once(bench
         await bench.feishu_consents(first.headers["location"], "alice")
     )
 
-    assert done_second.status_code == done_first.status_code == 200
-    alice = bench.emulator.state.config.find_user("alice").open_id
-    assert bench.store.get_session(session).user_id == alice  # the later completion binds
+    # The later completion, by someone else, cannot take the session the first one bound.
+    assert done_second.status_code == 200
+    assert done_first.status_code == 409 and "session_other_user" in done_first.text
+    bob = bench.emulator.state.config.find_user("bob").open_id
+    assert bench.store.get_session(session).user_id == bob
+    assert [u.name for u in bench.store.list_users()] == ["Bob"]
 
 
 async def test_a_replayed_callback_is_refused_and_changes_nothing(bench: Bench) -> None:
@@ -124,6 +131,24 @@ async def test_a_login_started_before_a_restart_completes_after_it(
     assert after.store.get_session("s1").user_id == alice
 
 
+async def test_a_login_link_shown_before_a_restart_opens_after_it_by_a_private_secret(
+    make_bench: Callable[..., Bench],
+) -> None:
+    before = make_bench()
+    session = before.new_session("a-session-id-its-link-never-carries")
+    link = before.gateway.router.login_link(session)
+    await before.close()
+
+    after = make_bench(public_url=before.gateway.settings.public_url, clock=before.gateway.clock)
+    page = await after.web.get(link)
+
+    assert page.status_code == 200 and "Continue to the Feishu login" in page.text
+    assert after.gateway.router.login_link(session) == link
+    assert session not in link
+    secret = secret_path(after.gateway.settings)
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
 async def test_a_login_state_expires(bench: Bench) -> None:
     start = await bench.start_login(bench.new_session("s1"))
     callback = await bench.feishu_consents(start.headers["location"], "alice")
@@ -137,8 +162,10 @@ async def test_a_login_state_expires(bench: Bench) -> None:
 
 async def test_a_state_is_bound_to_its_verifier_and_session_and_taken_once(bench: Bench) -> None:
     store = bench.store
-    store.put_login_state("state-a", "session-a", "verifier-a", expires_at=200.0, now=100.0)
-    store.put_login_state("state-b", "session-b", "verifier-b", expires_at=200.0, now=100.0)
+    for name in ("a", "b"):
+        store.put_login_state(
+            f"state-{name}", digest(f"session-{name}"), f"verifier-{name}", 200.0, now=100.0
+        )
 
     assert store.take_login_state("state-b", now=150.0) == (digest("session-b"), "verifier-b")
     assert store.take_login_state("state-b", now=150.0) is None

@@ -73,7 +73,8 @@ class Bench:
 
     async def open_login_link(self, session_id: str, scope: str | None = None) -> httpx.Response:
         """The login link's page (or its refusal)."""
-        params = {"sessionId": session_id} | ({"scope": scope} if scope is not None else {})
+        link = httpx.URL(self.gateway.router.login_link(session_id))
+        params = dict(link.params) | ({"scope": scope} if scope is not None else {})
         return await self.web.get("/oauth/start", params=params)
 
     async def start_login(self, session_id: str, scope: str | None = None) -> httpx.Response:

@@ -1,9 +1,12 @@
-"""`larkgate serve` as a real process: shutdown, SIGKILL and restart leave no stray children."""
+"""`larkgate serve` as a real process: shutdown, SIGKILL and restart leave no stray children;
+a second gateway on the same data directory, or one with a bad listen address, is refused
+before it touches anything."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -152,3 +155,72 @@ def test_a_restart_stops_children_a_previous_run_left_running(serve: ServeProces
     finally:
         if leftover.is_running():
             leftover.kill()
+
+
+def _second_serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "larkgate.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_second_gateway_on_the_same_data_dir_exits_and_leaves_the_first_alone(
+    serve: ServeProcess,
+) -> None:
+    serve.start()
+    assert serve.process is not None
+    data_dir = Path(serve.env["LARKGATE_DATA_DIR"]).resolve()
+    deadline = time.monotonic() + 30
+    while len(serve.lark_mcp_children()) < 2:  # the default child and the warm spare
+        assert time.monotonic() < deadline, "the warm spare never started"
+        time.sleep(0.1)
+    children = {p.pid for p in serve.lark_mcp_children()}
+    store_before = (data_dir / "larkgate.db").stat().st_mtime_ns
+
+    # The very command that once stopped every child of the first gateway: same data
+    # directory, same port.
+    second = _second_serve(serve.env)
+
+    assert second.returncode == 2, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    assert f"another gateway (pid {serve.process.pid}) serves from {data_dir}" in lines[0]
+    assert "LARKGATE_DATA_DIR" in lines[0]
+    assert {p.pid for p in serve.lark_mcp_children()} == children
+    assert (data_dir / "larkgate.db").stat().st_mtime_ns == store_before
+    assert (data_dir / "serve.lock").read_text().split()[0] == str(serve.process.pid)
+    tools = httpx.get(f"{serve.url}/tools", timeout=30, trust_env=False)
+    assert tools.status_code == 200 and tools.json()["tools"]
+
+    # A gateway killed outright leaves no lock behind: the next one starts.
+    serve.stop(signal.SIGKILL)
+    serve.start()
+    assert (data_dir / "serve.lock").read_text().split()[0] == str(serve.process.pid)
+
+
+def test_an_invalid_host_stops_serve_with_one_line_before_any_child_starts(
+    serve: ServeProcess,
+) -> None:
+    done = _second_serve({**serve.env, "LARKGATE_HOST": "0.0.0.0x"})
+
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "LARKGATE_HOST" in lines[0] and "0.0.0.0x" in lines[0]
+    assert serve.lark_mcp_children() == []
+    assert not Path(serve.env["LARKGATE_DATA_DIR"]).exists()
+
+
+def test_a_port_in_use_stops_serve_with_one_line_naming_the_port(serve: ServeProcess) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", serve.port))
+        taken.listen()
+
+        done = _second_serve(serve.env)
+
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "LARKGATE_PORT" in lines[0] and str(serve.port) in lines[0]
+    assert serve.lark_mcp_children() == []

@@ -20,7 +20,7 @@ from larkgate.instances.channel import ChannelClosed, ChannelSet, child_session
 
 pytestmark = pytest.mark.anyio
 
-TOKEN = "u-stand-in"  # noqa: S105 (a made-up token for a stand-in child)
+TOKEN = "u-stand-in"  # a made-up token for a stand-in child
 TIMEOUT = 10.0
 
 

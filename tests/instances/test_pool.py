@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
+import stat
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import pytest
@@ -12,6 +15,7 @@ import pytest
 from larkgate.emulator import RunningEmulator
 from support import (
     GatewayServer,
+    lark_mcp_under,
     login_link_in,
     play_browser_login,
     streamable_client,
@@ -160,3 +164,27 @@ def _process_exists(pid: int) -> bool:
         return False
     stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115
     return stat.split(")")[-1].split()[0] != "Z"
+
+
+async def test_a_shutdown_while_a_spare_starts_stops_it_and_logs_no_traceback(
+    start_gateway: Callable[..., GatewayServer],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stopping the gateway while a warm spare was still starting left that start running:
+    its next probe met the closed HTTP client ("Session is closed", an unretrieved task
+    exception) and its child was never stopped."""
+    wrapper = tmp_path / "slow-node"
+    wrapper.write_text('#!/bin/sh\nsleep 1.5\nexec node "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    gateway = start_gateway(node_path=str(wrapper), warm_spares=1)
+    data_dir = str(gateway.settings.data_dir)
+    with anyio.fail_after(30):
+        while gateway.gateway.pool.counts().starting < 1:
+            await anyio.sleep(0.02)
+
+    await anyio.to_thread.run_sync(gateway.stop)
+    gc.collect()  # an unretrieved task exception is logged when its task is collected
+
+    assert lark_mcp_under(data_dir) == []
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []

@@ -47,15 +47,17 @@ class Seen:
     """Secrets a login flow handed out, so a test can look for them where they must not be."""
 
     session_ids: list[str] = field(default_factory=list)
+    login_handles: list[str] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
     codes: list[str] = field(default_factory=list)
 
     def all(self) -> list[str]:
-        return [*self.session_ids, *self.states, *self.codes]
+        return [*self.session_ids, *self.login_handles, *self.states, *self.codes]
 
 
 def login(link: str, user: str, seen: Seen, verify: Any = True) -> httpx.Response:
     """Play the browser through Feishu's login, keeping the state and code it carried."""
+    seen.login_handles += parse_qs(urlsplit(link).query)["login"]
     with httpx.Client(timeout=30, trust_env=False, verify=verify) as browser:
         start = press_login_button(browser, link)
         assert start.status_code == 302, start.text

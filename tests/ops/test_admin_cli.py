@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from ops_support import (
     kill_all,
     larkgate,
     logged_in_session,
+    wait_until,
 )
 
 from larkgate.emulator import RunningEmulator
@@ -111,3 +114,45 @@ def test_admin_cli_lists_shows_stops_ends_and_logs_out_while_serving(
     records = [json.loads(line) for line in lines]
     assert any(r["logger"] == "larkgate.admin.routes" for r in records)
     assert not any(secret in line for line in lines for secret in [*seen.all(), ADMIN_TOKEN])
+
+
+def _epoch(shown: str) -> int:
+    return calendar.timegm(time.strptime(shown, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def test_last_use_is_when_each_session_and_user_was_really_used_not_the_last_sweep(
+    serve: Serve, emulator: RunningEmulator
+) -> None:
+    # The sweep that stores last-use times runs every reap interval.
+    serve.env["LARKGATE_REAP_INTERVAL"] = "0.3"
+    serve.start()
+    alice = emulator.state.config.find_user("alice")
+    bob = emulator.state.config.find_user("bob")
+    assert alice is not None and bob is not None
+    alice_key, bob_key = user_key(alice.open_id), user_key(bob.open_id)
+    seen = Seen()
+    alice_session = logged_in_session(serve.url, "alice", seen)
+    logged_in_session(serve.url, "bob", seen)
+    bob_gone = time.time()  # Bob's client is never heard from again
+    time.sleep(2.5)  # past the CLI's one-second resolution, and many sweeps
+    alice_calls = int(time.time())
+    with httpx.Client(base_url=serve.url, timeout=30, trust_env=False) as http:
+        assert not call_tool(http, alice_session, 3).get("isError")
+
+    def users() -> dict[str, int]:
+        rows = json.loads(larkgate(serve.env, "users", "list", "--json").stdout)
+        return {r["user"]: _epoch(r["last_seen"]) for r in rows}
+
+    # Alice's last use follows her calls, not her login; a database write per call is not
+    # needed for it (the sweep brings it).
+    last_use = wait_until(
+        lambda: (found := users())[alice_key] >= alice_calls and found, what="alice's last use"
+    )
+    assert last_use[bob_key] <= bob_gone
+    sessions = {
+        key: json.loads(larkgate(serve.env, "sessions", "list", "--user", key, "--json").stdout)
+        for key in (alice_key, bob_key)
+    }
+    assert _epoch(sessions[alice_key][0]["last_seen"]) >= alice_calls
+    # Bob's session keeps the time of its last call: the sweeps since did not make it "now".
+    assert _epoch(sessions[bob_key][0]["last_seen"]) <= bob_gone

@@ -33,6 +33,7 @@ class SseListener:
     """An open HTTP+SSE session: its id, and every message event that arrived on it."""
 
     def __init__(self, gateway_url: str) -> None:
+        self._gateway_url = gateway_url
         self._http = httpx.Client(timeout=httpx.Timeout(30, read=None), trust_env=False)
         self._stream = self._http.stream("GET", f"{gateway_url}/sse")
         self._response = self._stream.__enter__()
@@ -73,6 +74,20 @@ class SseListener:
             assert reply is not None
             return reply
 
+    def login_link(self) -> str:
+        """The login link the gateway gives this session's client in ``initialize``."""
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": "login-link",
+            "method": "initialize",
+            "params": {"protocolVersion": "2024-11-05", "capabilities": {}},
+        }
+        posted = self._http.post(
+            f"{self._gateway_url}/messages", params={"sessionId": self.session_id}, json=initialize
+        )
+        assert posted.status_code == 202, posted.text
+        return login_link_in(self.wait_for_reply("login-link")["result"]["instructions"])
+
     def close(self) -> None:
         # Closing the response from this thread does not wake the reader's blocking recv;
         # shutting the socket down does.
@@ -107,9 +122,8 @@ class Secrets:
         return [label for label, v in self.values.items() if v in answer and v not in sent]
 
 
-def sse_login(listener: SseListener, gateway_url: str, login: str) -> None:
-    link = f"{gateway_url}/oauth/start?sessionId={listener.session_id}"
-    page = play_browser_login(login_link_in(link), login)
+def sse_login(listener: SseListener, login: str) -> None:
+    page = play_browser_login(listener.login_link(), login)
     assert page.status_code == 200, page.text
 
 

@@ -141,11 +141,16 @@ def new_streamable_session(http: httpx.Client) -> tuple[str, str]:
 
 def log_in(gateway_url: str, login: str) -> str:
     """A Streamable HTTP session of `login`, logged in through the browser flow."""
+    return log_in_by_link(gateway_url, login)[0]
+
+
+def log_in_by_link(gateway_url: str, login: str) -> tuple[str, str]:
+    """(session id, login link) of a Streamable HTTP session `login` logged in through."""
     with httpx.Client(base_url=gateway_url, timeout=60, trust_env=False) as http:
         session_id, link = new_streamable_session(http)
     page = play_browser_login(link, login)
     assert page.status_code == 200, page.text
-    return session_id
+    return session_id, link
 
 
 def call_chat_list(http: httpx.Client, session_id: str, request_id: int = 2) -> httpx.Response:

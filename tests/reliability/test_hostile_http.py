@@ -47,6 +47,7 @@ from .reliability_kit import (
     compact,
     error_code,
     log_in,
+    log_in_by_link,
     new_streamable_session,
     own_chat,
     report,
@@ -75,6 +76,7 @@ class World:
     secrets: Secrets
     alfa_session: str
     alfa_ended: str
+    alfa_ended_link: str
     bravo: SseListener
     charlie_session: str
     charlie_sse: SseListener
@@ -88,16 +90,16 @@ def world(attacked_gateway: GatewayServer, attacked_emulator: RunningEmulator) -
     gateway, emulator = attacked_gateway, attacked_emulator
     with unhandled_errors() as unhandled:
         alfa_session = log_in(gateway.url, "alfa")
-        alfa_ended = log_in(gateway.url, "alfa")
+        alfa_ended, alfa_ended_link = log_in_by_link(gateway.url, "alfa")
         with httpx.Client(base_url=gateway.url, timeout=60, trust_env=False) as http:
             ended = http.delete("/mcp", headers={**ACCEPT, "Mcp-Session-Id": alfa_ended})
             assert ended.status_code == 204
             anonymous_session, _ = new_streamable_session(http)
             tools = [t["name"] for t in http.get("/tools").json()["tools"]]
         bravo = SseListener(gateway.url)
-        sse_login(bravo, gateway.url, "bravo")
+        sse_login(bravo, "bravo")
         charlie_sse = SseListener(gateway.url)
-        sse_login(charlie_sse, gateway.url, ATTACKER)
+        sse_login(charlie_sse, ATTACKER)
         decoy_sse = SseListener(gateway.url)
         world = World(
             gateway=gateway,
@@ -105,6 +107,7 @@ def world(attacked_gateway: GatewayServer, attacked_emulator: RunningEmulator) -
             secrets=Secrets(),
             alfa_session=alfa_session,
             alfa_ended=alfa_ended,
+            alfa_ended_link=alfa_ended_link,
             bravo=bravo,
             charlie_session=log_in(gateway.url, ATTACKER),
             charlie_sse=charlie_sse,
@@ -267,7 +270,7 @@ def test_guessed_session_ids_open_nothing_and_end_nothing(world: World) -> None:
             answers[f"DELETE /mcp {http.delete('/mcp', headers=header).status_code}"] += 1
             posted = http.post(f"/messages?sessionId={guess}", json=CALL)
             answers[f"POST /messages {posted.status_code}"] += 1
-            login = http.get("/oauth/start", params={"sessionId": guess})
+            login = http.get("/oauth/start", params={"login": guess})
             answers[f"GET /oauth/start {login.status_code}"] += 1
     INPUTS["guessed session ids"] += 4 * len(guesses)
     report(f"hostile http: {len(guesses)} guessed session ids -> {dict(answers)}")
@@ -296,7 +299,7 @@ def test_session_ids_do_not_cross_transports_or_outlive_their_end(world: World) 
         ended = http.post(
             "/mcp", json=CALL, headers={**ACCEPT, "Mcp-Session-Id": world.alfa_ended}
         )
-        ended_login = http.get("/oauth/start", params={"sessionId": world.alfa_ended})
+        ended_login = http.get(world.alfa_ended_link)
     assert streamable_on_sse.status_code == 404
     assert sse_on_streamable.status_code == 404
     assert ended.status_code == 404
@@ -358,7 +361,7 @@ def test_ids_with_path_tricks_never_reach_the_file_system(world: World) -> None:
     tricks = ["../../escape", "..%2F..%2Fescape", "/etc/passwd", "..\\..\\escape", "\x00", "."]
     with httpx.Client(base_url=world.gateway.url, timeout=60, trust_env=False) as http:
         for trick in tricks:
-            assert http.get("/oauth/start", params={"sessionId": trick}).status_code == 404
+            assert http.get("/oauth/start", params={"login": trick}).status_code == 404
             assert (
                 http.post("/messages", params={"sessionId": trick}, json=CALL).status_code == 404
             )
@@ -489,7 +492,16 @@ def _headers(world: World) -> st.SearchStrategy[dict[str, str]]:
 
 def _queries(world: World) -> st.SearchStrategy[dict[str, str]]:
     names = st.sampled_from(
-        ["sessionId", "state", "code", "error", "client_id", "redirect_uri", "response_type"]
+        [
+            "sessionId",
+            "login",
+            "state",
+            "code",
+            "error",
+            "client_id",
+            "redirect_uri",
+            "response_type",
+        ]
     )
     return st.dictionaries(
         names | st.text(max_size=10),

@@ -177,12 +177,12 @@ def test_with_the_disk_full_new_sessions_and_logins_get_a_clear_error_not_500(
     # A fresh connection a request: uvicorn closes one that carried an unhandled exception.
     fresh = httpx.Limits(max_keepalive_connections=0)
     with httpx.Client(base_url=gateway.url, timeout=60, trust_env=False, limits=fresh) as http:
-        waiting, _ = new_streamable_session(http)
+        _, waiting_link = new_streamable_session(http)
         with disk.full(), unhandled_errors() as unhandled:
             answers = {
                 "POST /mcp initialize": http.post("/mcp", json=INIT, headers=ACCEPT),
                 "GET /sse": _first_bytes_of_sse(http),
-                "GET /oauth/start": http.get("/oauth/start", params={"sessionId": waiting}),
+                "GET /oauth/start": http.get(waiting_link),
             }
         after = http.post("/mcp", json=INIT, headers=ACCEPT)
 

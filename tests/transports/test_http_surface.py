@@ -48,7 +48,10 @@ def test_initialize_mints_a_session_and_offers_the_login_link(http: httpx.Client
     result = reply["result"]
     assert isinstance(result, dict)
     assert result["protocolVersion"] == "2025-06-18"
-    assert f"/oauth/start?sessionId={session_id}" in result["instructions"]
+    link = login_link_in(result["instructions"])
+    assert link.startswith(f"{http.base_url.join('/oauth/start')}?login=")
+    # The link travels (history, chats, proxy logs): it must not carry the session's credential.
+    assert session_id not in result["instructions"]
 
 
 def test_wrong_accept_is_406(http: httpx.Client) -> None:
@@ -184,9 +187,15 @@ def test_callback_with_an_error_parameter_logs_nobody_in(
     assert gateway.gateway.store.list_users() == []
 
 
-def test_login_link_of_an_unknown_session_is_refused(http: httpx.Client) -> None:
-    response = http.get("/oauth/start", params={"sessionId": "made-up"})
-    assert response.status_code == 404 and "unknown_session" in response.text
+def test_a_made_up_login_handle_or_a_session_id_in_its_place_is_refused(
+    http: httpx.Client,
+) -> None:
+    session_id, _ = _session(http)
+    for query in ({"login": "made-up"}, {"login": session_id}, {"sessionId": session_id}):
+        response = http.get("/oauth/start", params=query)
+        assert response.status_code == 404 and "unknown_session" in response.text, query
+    # A link of the earlier form (it carried the session id) says how to get a new one.
+    assert "Call the tool again" in response.text
 
 
 def test_tools_and_health_answer_without_user_data(

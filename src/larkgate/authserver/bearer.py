@@ -180,8 +180,10 @@ class EndpointGuard:
                 raise Rejected(self._challenge(endpoint, None, "this session needs its login"))
             return
         if session.user_id is None:
-            # A session opened without a login: the first credential it sees binds it.
-            self._store.bind_session(digest(session.session_id), credential.user_id)
+            # A session opened without a login: the first credential it sees binds it, unless
+            # a login through its link bound it to someone else a moment ago.
+            if not self._store.bind_session(digest(session.session_id), credential.user_id):
+                raise Rejected(http_error(404, errors.UNKNOWN_SESSION, "unknown or ended session"))
             session.user_id = credential.user_id
             self._remember(session.session_id, session.transport, credential)
             log.info(

@@ -167,6 +167,9 @@ async def batch_get_id(request: Request, ctx: CallContext) -> Answer:
 async def raw_content(request: Request, ctx: CallContext) -> Answer:
     require_caller(request, ctx)
     document_id = request.path_params["document_id"]
+    stored = ctx.state.document(document_id)
+    if stored is not None:
+        return _ok({"content": stored})
     return _ok({"content": f"Document {document_id}\nOpened by {_caller_name(ctx)}.\n"})
 
 

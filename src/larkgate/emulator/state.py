@@ -51,6 +51,7 @@ class EmulatorState:
         self._lock = threading.Lock()
         self._scope_requirements: list[ScopeRequirement] = []
         self._messages: list[SentMessage] = []
+        self._documents: dict[str, str] = {}
 
     def require_scope(self, path_prefix: str, scope: str) -> None:
         with self._lock:
@@ -72,6 +73,15 @@ class EmulatorState:
     def messages(self) -> list[SentMessage]:
         with self._lock:
             return list(self._messages)
+
+    def put_document(self, document_id: str, content: str) -> None:
+        """Store a document's plain text, as ``raw_content`` serves it to every caller."""
+        with self._lock:
+            self._documents[document_id] = content
+
+    def document(self, document_id: str) -> str | None:
+        with self._lock:
+            return self._documents.get(document_id)
 
     def set_rate_limits(self, per_second: int | None, per_minute: int | None) -> None:
         _check_limits(per_second, per_minute)
@@ -95,6 +105,7 @@ class EmulatorState:
         with self._lock:
             self._scope_requirements.clear()
             self._messages.clear()
+            self._documents.clear()
 
 
 def _check_limits(*limits: int | None) -> None:

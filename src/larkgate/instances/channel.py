@@ -89,7 +89,7 @@ class ChildChannel:
         except (aiohttp.ClientError, TimeoutError, StopAsyncIteration, ValueError) as exc:
             self._close_stream()
             raise ChannelClosed(type(exc).__name__, delivered=False) from None
-        except ChannelClosed:
+        except BaseException:  # ChannelClosed, or the caller's deadline cancelling the open
             self._close_stream()
             raise
         self._messages_url = f"{self._base_url}{data}"
@@ -132,8 +132,9 @@ class ChildChannel:
                 await response.read()
                 return response.status
         except aiohttp.ClientConnectionError as exc:
-            # lark-mcp answers 202 before it starts the work a message asks for, so a POST
-            # that got no answer at all started nothing: sending it again repeats nothing.
+            # lark-mcp hands a message to its server and writes the 202 in one turn of its
+            # event loop, before any request of its own (to Feishu) can leave; so a POST that
+            # got no answer at all started nothing: sending it again repeats nothing.
             raise ChannelClosed(type(exc).__name__, delivered=False) from None
         except aiohttp.ClientError as exc:
             raise ChannelClosed(type(exc).__name__) from None
@@ -253,14 +254,20 @@ class ChannelSet:
     async def request(
         self, token: str | None, message: dict[str, Any], timeout: float
     ) -> dict[str, Any]:
-        """Send on the token's channel; a channel found dead is replaced once."""
-        for attempt in (1, 2):
-            channel = await self.get(token, timeout)
-            try:
-                return await channel.request(message, timeout)
-            except ChannelClosed as exc:
-                if attempt == 2 or exc.delivered:
-                    raise
+        """Send on the token's channel; a channel found dead is replaced once.
+
+        One deadline covers it all: waiting while another caller opens the channel, opening
+        it, and the answer. Without it, callers queued behind an open that hangs (a stopped
+        child) would each wait their turn and then a timeout of their own.
+        """
+        async with asyncio.timeout(timeout):
+            for attempt in (1, 2):
+                channel = await self.get(token, timeout)
+                try:
+                    return await channel.request(message, timeout)
+                except ChannelClosed as exc:
+                    if attempt == 2 or exc.delivered:
+                        raise
         raise AssertionError("unreachable")
 
     async def close(self) -> None:

@@ -93,6 +93,11 @@ class InstancePool:
         self._closed = True
         for task in list(self._tasks):
             task.cancel()
+        if self._spare_fill is not None and not self._spare_fill.done():
+            # A spare still starting would meet the closed HTTP client and never be stopped.
+            self._spare_fill.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._spare_fill
         children = [*self._by_user.values(), *self._spares]
         if self._default is not None:
             children.append(self._default)

@@ -180,7 +180,7 @@ class Spawner:
         ]
         try:
             await self._wait_ready(child)
-        except StartFailed:
+        except BaseException:  # StartFailed, or the start cancelled (the pool closing)
             await self.stop(child)
             raise
         log.info("child %s started pid=%d port=%d", child_id, process.pid, port)

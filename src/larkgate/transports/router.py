@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
 from .. import __version__, errors, logs
 from ..config import Settings
@@ -23,6 +23,7 @@ from ..feishu.oauth import parse_scopes
 from ..instances.channel import ChannelClosed
 from ..instances.pool import InstanceFailed, InstancePool
 from ..instances.spawner import Child, StartFailed
+from ..loginlinks import LoginLinks
 from ..store import Store
 from ..userkey import user_key
 from .sessions import note_client
@@ -69,11 +70,18 @@ class Router:
         self._store = store
         self._pool = pool
         self._keeper = keeper
+        self._links = LoginLinks(settings)
         self.metrics: Metrics | None = None  # set by the operations layer
 
     def login_link(self, session_id: str, scopes: Sequence[str] = ()) -> str:
-        query = {"sessionId": session_id} | ({"scope": " ".join(scopes)} if scopes else {})
-        return f"{self._settings.public_url}/oauth/start?{urlencode(query)}"
+        """The session's login link; it names the session without carrying its id."""
+        handle = self._links.handle(session_id)
+        try:
+            self._store.note_login_handle(session_id, handle)
+        except sqlite3.Error as exc:
+            # The answer still goes out; the same link is recorded when it is shown again.
+            log.warning("could not record a login link, it opens once shown again: %s", exc)
+        return self._links.url(handle, scopes)
 
     async def handle(self, caller: Caller, message: Any) -> Any:
         """The reply to one JSON-RPC message or batch; None when nothing is owed."""

@@ -2,8 +2,10 @@
 
 The store holds each session (as a digest) and the user it is bound to, so a session survives
 a gateway restart. Last-use times live in memory and reach the store on the periodic sweep,
-which keeps a disk write off every request. The store also keeps the name and version the
-client gave in ``initialize``, which the login link's page shows to the person asked to log in.
+which keeps a disk write off every request: each session's own, and for each user the latest
+of their sessions', which is what an operator sees as their last use. The store also keeps the
+name and version the client gave in ``initialize``, which the login link's page shows to the
+person asked to log in.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class Session:
     user_id: str | None
     last_seen: float = field(default_factory=time.time)
     stream: asyncio.Queue[bytes | None] | None = None
+    # The last use the store holds; the sweep writes only sessions used since.
+    stored_last_seen: float = 0.0
 
 
 class SessionTable:
@@ -75,6 +79,7 @@ class SessionTable:
     def create(self, transport: str, session_id: str, user_id: str | None = None) -> Session:
         self._store.create_session(session_id, transport, user_id)
         session = Session(session_id=session_id, transport=transport, user_id=user_id)
+        session.stored_last_seen = session.last_seen
         self._live[session_id] = session
         return session
 
@@ -88,7 +93,12 @@ class SessionTable:
         if record.transport != transport:
             return None  # someone else's transport: not found here, untouched there
         if session is None:
-            session = Session(session_id=session_id, transport=transport, user_id=record.user_id)
+            session = Session(
+                session_id=session_id,
+                transport=transport,
+                user_id=record.user_id,
+                stored_last_seen=record.last_seen_at,
+            )
             self._live[session_id] = session
         session.user_id = record.user_id
         session.last_seen = time.time()
@@ -114,8 +124,7 @@ class SessionTable:
 
     def sweep(self) -> int:
         """Persist last-use times, then forget sessions idle past the timeout."""
-        for session in self._live.values():
-            self._store.touch_session(session.session_id)
+        self._store_last_use()
         cutoff = time.time() - self._settings.session_idle_timeout
         idle = [s for s in self._live.values() if s.last_seen < cutoff and s.stream is None]
         for session in idle:
@@ -124,3 +133,20 @@ class SessionTable:
         if ended:
             log.info("ended %d idle sessions", ended)
         return ended
+
+    def _store_last_use(self) -> None:
+        """One write for every session used since the last sweep, and for their users."""
+        now = time.time()
+        for session in self._live.values():
+            if session.stream is not None:
+                session.last_seen = now  # an open stream is a client in use (as keep-alives say)
+        used = [s for s in self._live.values() if s.last_seen > s.stored_last_seen]
+        if not used:
+            return
+        users: dict[str, float] = {}
+        for session in used:
+            if session.user_id is not None:
+                users[session.user_id] = max(users.get(session.user_id, 0.0), session.last_seen)
+        self._store.record_last_use({s.session_id: s.last_seen for s in used}, users)
+        for session in used:
+            session.stored_last_seen = session.last_seen
