@@ -242,9 +242,15 @@ class InstancePool:
 
     async def discard_if_dead(self, user_id: str, child: Child) -> None:
         """Drop a user's child whose process is gone, before its watcher notices, so that the
-        next acquire starts a new one; a live child (a dropped connection) is kept."""
-        if not process_gone(child.pid):
-            return
+        next acquire starts a new one; a live child (a dropped connection) is kept.
+
+        A killed Node process stops listening before it has finished dying, so a refused
+        connection may come first: the process gets up to stop_grace to be gone."""
+        deadline = time.monotonic() + self._settings.stop_grace
+        while not process_gone(child.pid):
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.02)
         if self._by_user.get(user_id) is child:
             del self._by_user[user_id]
             self.events["crashes"] += 1
