@@ -28,6 +28,16 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def reply_bytes(reply: Any) -> bytes:
+    """A reply as compact UTF-8 JSON. Escaping every non-ASCII character as \\uXXXX would
+    double Chinese text and triple emoji, and some SSE clients refuse events over 1 MiB; a
+    lone surrogate (valid in JSON, not in UTF-8) falls back to the escaped form."""
+    try:
+        return json.dumps(reply, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(reply, separators=(",", ":")).encode()
+
+
 def new_session_id() -> str:
     return secrets.token_urlsafe(32)
 

@@ -8,7 +8,6 @@ its stream.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +21,7 @@ from .. import errors
 from ..authserver.bearer import EndpointGuard
 from ..config import Settings
 from ..instances.pool import InstancePool, PoolBusy
-from .common import Rejected, check_origin, http_error, new_session_id, read_json_body
+from .common import Rejected, check_origin, http_error, new_session_id, read_json_body, reply_bytes
 from .router import Caller, Router
 from .sessions import Session, SessionTable
 
@@ -128,6 +127,6 @@ class SseEndpoints:
         if reply is None or session.stream is None:
             return
         try:
-            session.stream.put_nowait(json.dumps(reply).encode())
+            session.stream.put_nowait(reply_bytes(reply))
         except asyncio.QueueFull:
             log.warning("stream of an SSE session is not being read; reply dropped")

@@ -8,7 +8,6 @@ is offered on GET.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -19,7 +18,7 @@ from .. import errors
 from ..authserver.bearer import Credential, EndpointGuard
 from ..config import Settings
 from ..instances.pool import PoolBusy
-from .common import Rejected, check_origin, http_error, new_session_id, read_json_body
+from .common import Rejected, check_origin, http_error, new_session_id, read_json_body, reply_bytes
 from .router import SUPPORTED_VERSIONS, Caller, Router
 from .sessions import SessionTable
 
@@ -109,7 +108,7 @@ class StreamableEndpoint:
             )
         if reply is None:
             return Response(status_code=202, headers=headers)
-        return Response(json.dumps(reply), media_type="application/json", headers=headers)
+        return Response(reply_bytes(reply), media_type="application/json", headers=headers)
 
     def _delete(self, request: Request, credential: Credential | None) -> Response:
         session_id = request.headers.get(SESSION_HEADER)
