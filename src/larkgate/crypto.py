@@ -93,8 +93,8 @@ class Sealer:
 
     def __init__(self, source: KeySource) -> None:
         self._source = source
-        self._aeads: dict[tuple[str, bytes], AESGCM] = {}
-        self._openers: dict[str, AESGCM] = {}
+        # A key id is derived from its key, so it names one AES-GCM object for good.
+        self._aeads: dict[str, AESGCM] = {}
 
     @classmethod
     def from_keys(cls, primary: bytes, *others: bytes) -> Sealer:
@@ -119,7 +119,7 @@ class Sealer:
         kid = self.record_kid(record)
         nonce = record[KID_BYTES : KID_BYTES + NONCE_BYTES]
         body = record[KID_BYTES + NONCE_BYTES :]
-        aead = self._openers.get(kid)
+        aead = self._aeads.get(kid)  # known keys open without looking at the key files
         if aead is None:
             key = self._source.current().keys.get(kid)
             if key is None:
@@ -127,17 +127,16 @@ class Sealer:
                 key = self._source.reload().keys.get(kid)
             if key is None:
                 raise SealError(f"sealed with unknown key id {kid}")
-            # A key id names one key (it is derived from it), so the opener can be kept.
-            aead = self._openers[kid] = AESGCM(key)
+            aead = self._aead(kid, key)
         try:
             return aead.decrypt(nonce, body, owner.encode())
         except InvalidTag:
             raise SealError(f"record does not open with key {kid} for this owner") from None
 
     def _aead(self, kid: str, key: bytes) -> AESGCM:
-        aead = self._aeads.get((kid, key))
+        aead = self._aeads.get(kid)
         if aead is None:
-            aead = self._aeads[(kid, key)] = AESGCM(key)
+            aead = self._aeads[kid] = AESGCM(key)
         return aead
 
     @staticmethod
